@@ -16,6 +16,7 @@ averaged per epoch and logged; a rule may add its own (e.g. `sgr/k`).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Sequence
 
@@ -37,6 +38,23 @@ def option(default: Any, help: str, choices: Sequence[Any] | None = None):
 
 def rule_options(rule_class: type) -> list:
     return [f for f in fields(rule_class) if "help" in f.metadata]
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_statistics(module: nn.Module):
+    """BN momentum 0 while layers run a second time on the same batch (a checkpoint's or a link's
+    recomputation, reforward), so that their running statistics are updated once."""
+    saved = []
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
+            saved.append((m, m.momentum, m.num_batches_tracked.clone()))
+            m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, tracked in saved:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
 
 
 def detached_input(x: torch.Tensor, requires_grad: bool = False) -> torch.Tensor:
@@ -92,6 +110,9 @@ class Rule:
 class LocalRule(Rule):
     """Simultaneous local learning (DGL): every module learns from its own head's loss."""
 
+    # a rule with a `reforward` option field (dgl, sgr) overrides this; see `next_input`
+    reforward = False
+
     def train_step(self, net: ModularNet, x: torch.Tensor, y: torch.Tensor, active: Sequence[int]) -> Stats:
         stats: Stats = {}
         h, message = x, {}
@@ -120,4 +141,12 @@ class LocalRule(Rule):
         module.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         module.optimizer.step()
-        return outputs.detach(), {}
+        return self.next_input(module, inputs, outputs), {}
+
+    def next_input(self, module: LocalModule, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        """What module k+1 receives after module k stepped: its detached output or, with `reforward`
+        (the baseline of SGR Tables 3-4), the output recomputed with the updated parameters."""
+        if not self.reforward or module.is_last:
+            return outputs.detach()
+        with torch.no_grad(), frozen_batchnorm_statistics(module.body):  # BN running stats update once
+            return module(inputs.detach())

@@ -2,7 +2,6 @@
 checkpointing per module, the memory baseline of local learning)."""
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -12,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..network import ModularNet
-from .base import Rule, Stats, record
+from .base import Rule, Stats, frozen_batchnorm_statistics, record
 from .registry import RULES
 
 
@@ -43,27 +42,11 @@ class Backprop(Rule):
         return stats
 
 
-@contextlib.contextmanager
-def _frozen_batchnorm_statistics(module: nn.Module):
-    """BN momentum 0 while a checkpointed segment is recomputed, so running stats update once."""
-    saved = []
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
-            saved.append((m, m.momentum, m.num_batches_tracked.clone()))
-            m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum, tracked in saved:
-            m.momentum = momentum
-            m.num_batches_tracked.copy_(tracked)
-
-
 def _recomputable(body: nn.Module):
     def run(x: torch.Tensor) -> torch.Tensor:
         # the reentrant checkpoint runs the first forward without grad and the recomputation with it
         if torch.is_grad_enabled():
-            with _frozen_batchnorm_statistics(body):
+            with frozen_batchnorm_statistics(body):
                 return body(x)
         return body(x)
 

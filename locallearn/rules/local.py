@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import LocalRule
+from .base import LocalRule, option
 from .registry import RULES
 
 
@@ -15,6 +15,22 @@ class DecoupledGreedy(LocalRule):
 
     name = "dgl"
     summary = "decoupled greedy learning: all modules at once, each from its local loss"
+
+    reforward: bool = option(False, "after module k steps, recompute its output with the updated parameters "
+                                    "before module k+1 uses it (SGR Tables 3-4)")
+
+
+@RULES.register("reforward")
+@dataclass
+class Reforward(DecoupledGreedy):
+    """The "w/ reforward" baseline of SGR (Yang et al. 2024, Tables 3-4): dgl where module k+1 gets
+    the output of module k recomputed after module k's update (its own row in bench tables)."""
+
+    name = "reforward"
+    summary = "dgl + reforward: module k+1 gets module k's output recomputed after its update"
+
+    reforward: bool = option(True, "after module k steps, recompute its output with the updated parameters "
+                                   "before module k+1 uses it (SGR Tables 3-4)")
 
 
 @RULES.register("greedy")
