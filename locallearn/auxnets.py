@@ -1,0 +1,376 @@
+"""Auxiliary networks built from the primary network's own later layers (AugLocal, Ma et al., ICLR 2024).
+
+For the hidden layer j of a network of L layers, AugLocal (section 3.2) selects d later layers
+
+    idx_i = round(j + (L - j - 1) * i / d),   i = 1..d        (all later layers when d >= L-1-j)
+
+and builds the auxiliary network from *fresh copies of their architectures* (no weight sharing,
+re-initialised), followed by a copy of the primary classifier (global average pooling + linear).
+When two neighbouring copies do not fit, the input channels of the later one are changed to the
+output channels of the one before, and the copy down-samples where the primary network does.
+
+Everything here is generic over `LayeredModel`: a layer is deep-copied, the convs / linears / BNs
+that read the layer's input are rebuilt for the new number of input channels, strides are set so
+that the auxiliary network follows the primary network's resolution schedule, and all parameters
+are re-initialised. How that maps to the paper's "stride 2 where channels double" is explained in
+`docs/methods/auglocal.md`; on the CIFAR ResNets both give the same networks.
+
+Also here: the depths of pyramidal depth (eq. 3), the selections of the Table 5 ablations, the
+width-matched C11 / C33 conv stacks, and `forward_flops` (per-sample forward FLOPs).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from fractions import Fraction
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .errors import UserError
+from .models import LayeredModel
+from .models.common import batchnorm, conv, global_pool_flatten, init_weights
+
+SELECTIONS = ("uniform", "sequential", "repetitive", "c11", "c33")
+
+_CONVS = (nn.Conv1d, nn.Conv2d)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)
+_ADAPTIVE_AVG = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d}
+
+
+# --------------------------------------------------------------------------------------- which layers
+def uniform_indices(j: int, n_layers: int, depth: int) -> list[int]:
+    """AugLocal's uniform selection (section 3.2): idx_i = round(j + (L-j-1) i / d), i = 1..d.
+
+    Computed with exact fractions and Python's `round` (half to even), which is what the authors'
+    code computes: ResNet-32, j=2, d=2 gives 2 + 13/2 = 8.5 -> 8. The last index is always L-1.
+    """
+    later = n_layers - 1 - j
+    if later < 1:
+        raise ValueError(f"layer {j} of {n_layers} has no later layers to build an auxiliary network from")
+    if depth >= later:
+        return list(range(j + 1, n_layers))
+    return [round(j + Fraction(later * i, depth)) for i in range(1, depth + 1)]
+
+
+def selected_indices(selection: str, j: int, n_layers: int, depth: int) -> list[int]:
+    """The later layers whose architectures make the auxiliary network of layer j (Table 5).
+
+    uniform     the method (idx_i above)
+    sequential  the next d layers j+1 .. j+d (fewer near the top)
+    repetitive  layer j+1 repeated d times
+    c11, c33    the uniform layers: the conv stack follows their depth and resolution schedule
+    """
+    if n_layers - 1 - j < 1:
+        raise ValueError(f"layer {j} of {n_layers} has no later layers to build an auxiliary network from")
+    if selection in ("uniform", "c11", "c33"):
+        return uniform_indices(j, n_layers, depth)
+    if selection == "sequential":
+        return list(range(j + 1, min(j + depth, n_layers - 1) + 1))
+    if selection == "repetitive":
+        return [j + 1] * depth
+    raise UserError(f"unknown --aux-selection {selection!r}; choose one of: {', '.join(SELECTIONS)}")
+
+
+def pyramid_depth(depth: int, j: int, n_layers: int, decay: float, min_depth: int = 1) -> int:
+    """Pyramidal depth (eq. 3) of the auxiliary network of hidden layer j (0 .. L-2):
+
+        d_j = max(d_min, round(d (1 - tau j / (L-2)) + d_min tau j / (L-2)))
+
+    d at the first layer, falling linearly to d (1 - tau) + tau d_min at the last hidden layer,
+    never below d_min; tau = 0 switches it off. This is the authors' code (with their minimum 1)
+    written for the layer index; in the layer-wise setting it is their module index too.
+    """
+    if n_layers <= 2:
+        return depth
+    fraction = j * decay / (n_layers - 2)
+    return max(min_depth, round(depth * (1 - fraction) + fraction * min_depth))
+
+
+# ------------------------------------------------------------------------------- shapes and FLOPs
+def spatial(shape: Sequence[int]) -> tuple[int, ...]:
+    return tuple(shape[1:])
+
+
+def layer_input_shape(model: LayeredModel, index: int) -> tuple[int, ...]:
+    return tuple(model.input_shape) if index == 0 else tuple(model.layer_shapes[index - 1])
+
+
+@torch.no_grad()
+def output_shape(module: nn.Module, in_shape: Sequence[int]) -> tuple[int, ...]:
+    """Shape of one sample after `module` (a dry run in eval mode, so BN takes a batch of one)."""
+    was_training = module.training
+    module.eval()
+    try:
+        return tuple(module(torch.zeros(1, *in_shape)).shape[1:])
+    finally:
+        module.train(was_training)
+
+
+def forward_flops(module: nn.Module, in_shape: Sequence[int]) -> int:
+    """FLOPs of one forward pass of one sample (torch.utils.flop_counter: a multiply-add is 2 FLOPs;
+    only matmuls and convolutions are counted, as in fvcore/ptflops-style tables)."""
+    was_training = module.training
+    module.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            module(torch.zeros(1, *in_shape))
+    finally:
+        module.train(was_training)
+    return int(counter.get_total_flops())
+
+
+# ------------------------------------------------------------------------- copying an architecture
+_PASS_THROUGH = (nn.ReLU, nn.Dropout, nn.Identity, nn.Flatten, *_POOLS, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+                 nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, *_BATCHNORMS)
+_ADAPTIVE_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+
+
+def _input_readers(layer: nn.Module, in_shape: Sequence[int]) -> dict[str, bool]:
+    """The convs, linears and BNs whose input size depends on the layer's input channels, found by
+    a dry run, each with whether it is a linear that reads the flattened input map (AlexNet's first
+    FC layer), whose input size also depends on the input's spatial size.
+
+    The input's channels travel through channel-preserving modules (ReLU, pooling, Flatten, BN,
+    dropout) and stop at the first conv or linear: in a BasicBlock the readers are `conv1` and the
+    shortcut conv, in conv-BN-ReLU the conv, in a classifier "pool, flatten, linear" the linear.
+    """
+    x = torch.zeros(1, *in_shape)
+    # tensors that carry the input's channels: id -> (the tensor, kept alive so that its id stays
+    # unique; whether its size follows the input's spatial size)
+    carriers = {id(x): (x, len(in_shape) > 1)}
+    readers: dict[str, bool] = {}
+    hooks = []
+
+    def watch(name):
+        def hook(module, args, output):
+            if not args or id(args[0]) not in carriers:
+                return
+            spatially_sized = carriers[id(args[0])][1]
+            if isinstance(module, (*_CONVS, nn.Linear, *_BATCHNORMS)):
+                readers[name] = isinstance(module, nn.Linear) and spatially_sized and args[0].dim() == 2
+            if isinstance(module, _PASS_THROUGH):
+                carriers[id(output)] = (output, spatially_sized and not isinstance(module, _ADAPTIVE_POOLS))
+        return hook
+
+    for name, module in layer.named_modules():
+        if not list(module.children()):
+            hooks.append(module.register_forward_hook(watch(name)))
+    was_training = layer.training
+    layer.eval()
+    try:
+        with torch.no_grad():
+            layer(x)
+    finally:
+        layer.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return readers
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def _with_in_channels(module: nn.Module, channels: int, name: str) -> nn.Module:
+    """A new module like `module` that reads `channels` input channels (or features)."""
+    if isinstance(module, _CONVS):
+        if module.groups != 1:
+            raise UserError(f"cannot change the input channels of the grouped convolution {name} "
+                            "in an auxiliary copy; AugLocal needs layers with ordinary convolutions")
+        return type(module)(channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                            module.dilation, 1, module.bias is not None, module.padding_mode)
+    if isinstance(module, nn.Linear):
+        return nn.Linear(channels, module.out_features, bias=module.bias is not None)
+    if isinstance(module, _BATCHNORMS):
+        return type(module)(channels, module.eps, module.momentum, module.affine, module.track_running_stats)
+    raise TypeError(f"unexpected input reader {type(module).__name__}")
+
+
+def _reinitialise(module: nn.Module) -> None:
+    """Fresh parameters (no weight sharing with the primary network), initialised like the models."""
+    for m in module.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    init_weights(module)
+
+
+def _in_size(module: nn.Module) -> int:
+    if isinstance(module, _CONVS):
+        return module.in_channels
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    return module.num_features
+
+
+def copy_architecture(layer: nn.Module, built_for: Sequence[int], in_shape: Sequence[int], out_channels: int,
+                      downsample: bool | None = None) -> nn.Module:
+    """A re-initialised copy of `layer` (built for inputs of shape `built_for`) that takes inputs of
+    shape `in_shape` and gives `out_channels` channels.
+
+    downsample=True adds a stride of 2 to the convs that read the input (and, in a residual block
+    with an identity shortcut, adds the usual 1x1-conv + BN projection shortcut); False removes the
+    layer's own down-sampling (strides -> 1, pooling -> identity); None keeps it.
+    A flat layer fed a feature map gets a global average pooling first; a layer that flattens its
+    input (AlexNet's first FC) gets an adaptive average pooling to the size it was built for.
+    """
+    built_for, in_shape = tuple(built_for), tuple(in_shape)
+    layer = copy.deepcopy(layer)
+    readers = _input_readers(layer, built_for)
+    flattens = any(readers.values())
+    before: list[nn.Module] = []
+    if len(built_for) == 1 and len(in_shape) > 1:  # a flat layer after a feature map
+        before.append(global_pool_flatten(len(in_shape) - 1))
+        in_shape = in_shape[:1]
+    elif len(built_for) > 1 and len(in_shape) == 1 and not flattens:
+        raise UserError(f"cannot feed flat features into a copy of the spatial layer {type(layer).__name__}")
+    elif flattens and len(in_shape) > 1 and spatial(in_shape) != spatial(built_for):
+        before.append(_ADAPTIVE_AVG[len(in_shape) - 1](spatial(built_for)))
+        in_shape = (in_shape[0], *spatial(built_for))
+
+    channels = in_shape[0]
+    for name, reads_flattened_map in readers.items():
+        module = layer.get_submodule(name)
+        if reads_flattened_map:  # channels x positions of the (pooled) input map
+            fan_in = channels * math.prod(spatial(in_shape))
+        else:  # channels, or channels x the positions of a fixed-size pooling (a classifier)
+            fan_in = channels * (_in_size(module) // built_for[0])
+        new = _with_in_channels(module, fan_in, name)
+        if downsample and isinstance(new, _CONVS):
+            new.stride = (2,) * len(new.kernel_size)
+        if name:
+            _set_submodule(layer, name, new)
+        else:  # the layer is a single conv or linear (the classifier of mlp, AlexNet)
+            layer = new
+    if downsample is False:
+        for name, module in list(layer.named_modules()):
+            if isinstance(module, _CONVS):
+                module.stride = (1,) * len(module.kernel_size)
+            elif isinstance(module, _POOLS):
+                _set_submodule(layer, name, nn.Identity())
+
+    # a residual block with an identity shortcut needs a projection once its input no longer fits
+    if getattr(layer, "downsample", "absent") is None and getattr(layer, "has_shortcut", True):
+        if channels != out_channels or downsample:
+            dims = len(in_shape) - 1
+            layer.downsample = nn.Sequential(conv(dims, channels, out_channels, 1, 2 if downsample else 1),
+                                             batchnorm(dims, out_channels))
+    _reinitialise(layer)
+    return nn.Sequential(*before, layer) if before else layer
+
+
+def _resolution_plan(current: Sequence[int], built_for: Sequence[int], target: Sequence[int]) -> bool | None:
+    """Down-sample in this copy so that the auxiliary net follows the primary net's resolutions.
+
+    The copy of layer idx should bring the feature map to the resolution the primary network has
+    after layer idx. At most one halving per copy, like the authors' code: a larger gap is carried
+    to the next copies (their `num_pool`). Returns True (add a stride of 2), False (drop the layer's
+    own down-sampling, e.g. the repeated copies of a strided layer) or None (keep the layer as is).
+    """
+    if len(current) == 1 or len(target) == 1:
+        return None
+    larger = any(c > t for c, t in zip(spatial(current), spatial(target)))
+    own = spatial(built_for) != spatial(target)
+    if larger and not own:
+        return True
+    if own and not larger:
+        return False
+    return None
+
+
+def copy_classifier(model: LayeredModel, in_shape: Sequence[int]) -> nn.Module:
+    """A fresh copy of the primary classifier's kind (e.g. global average pooling + linear)."""
+    return copy_architecture(model.classifier, model.layer_shapes[-1], in_shape, model.num_classes)
+
+
+def augmented_aux_net(model: LayeredModel, j: int, indices: Sequence[int]) -> nn.Sequential:
+    """Fresh copies of `model.layers[idx]` for idx in `indices`, chained after layer j, then a copy
+    of the classifier: the auxiliary network g_j of AugLocal (section 3.2)."""
+    shape = tuple(model.layer_shapes[j])
+    parts: list[nn.Module] = []
+    for idx in indices:
+        target = tuple(model.layer_shapes[idx])
+        built_for = layer_input_shape(model, idx)
+        part = copy_architecture(model.layers[idx], built_for, shape, target[0],
+                                 _resolution_plan(shape, built_for, target))
+        shape = _checked_shape(part, shape, target[0], f"the copy of layer {idx} in the auxiliary net of layer {j}")
+        parts.append(part)
+    parts.append(copy_classifier(model, shape))
+    return nn.Sequential(*parts)
+
+
+def _checked_shape(part: nn.Module, in_shape, channels: int, what: str) -> tuple[int, ...]:
+    try:
+        shape = output_shape(part, in_shape)
+    except RuntimeError as error:
+        raise UserError(f"{what} does not accept inputs of shape {tuple(in_shape)}: {error}") from None
+    if shape[0] != channels:
+        raise UserError(f"{what} gives {shape[0]} channels instead of {channels}")
+    return shape
+
+
+# --------------------------------------------------------------------------- C11 / C33 ablations
+def conv_stack_aux_net(model: LayeredModel, j: int, reference: nn.Sequential, kernel: int) -> nn.Sequential:
+    """Table 5's C11 / C33: as many conv-BN-ReLU layers (kernel 1 or 3) as `reference` (the uniform
+    auxiliary net) has copies, down-sampling at the same places, then the classifier's kind; one
+    width for all layers, the one whose forward FLOPs come closest to the reference's."""
+    in_shape = tuple(model.layer_shapes[j])
+    dims = len(in_shape) - 1
+    strides, shape = [], in_shape
+    for part in list(reference)[:-1]:  # the copies, without the classifier
+        after = output_shape(part, shape)
+        halves = len(after) == len(shape) > 1 and any(a < b for a, b in zip(spatial(after), spatial(shape)))
+        strides.append(2 if halves else 1)
+        shape = after
+
+    def conv_layers(width: int) -> list[nn.Module]:
+        layers, cin = [], in_shape[0]
+        for stride in strides:
+            layers += [conv(dims, cin, width, kernel, stride), batchnorm(dims, width), nn.ReLU(inplace=True)]
+            cin = width
+        return layers
+
+    def flops_at(width: int) -> int:
+        """Forward FLOPs of the stack at this width, counted as torch's flop counter does (2 per
+        multiply-add of convs and linears), without building it."""
+        total, cin, sizes = 0, in_shape[0], spatial(in_shape)
+        for stride in strides:
+            sizes = tuple((n + 2 * (kernel // 2) - kernel) // stride + 1 for n in sizes)
+            total += 2 * cin * width * kernel ** dims * math.prod(sizes)
+            cin = width
+        return total + 2 * width * model.num_classes
+
+    layers = conv_layers(_closest(flops_at, forward_flops(reference, in_shape), high=16384))
+    out_shape = output_shape(nn.Sequential(*layers), in_shape) if layers else in_shape
+    net = nn.Sequential(*layers, copy_classifier(model, out_shape))
+    init_weights(net)
+    return net
+
+
+def _closest(cost: Callable[[int], int], target: int, high: int) -> int:
+    """The integer w in [1, high] whose non-decreasing cost(w) is closest to target (bisection)."""
+    low, top = 1, high
+    while low < top:
+        mid = (low + top) // 2
+        if cost(mid) < target:
+            low = mid + 1
+        else:
+            top = mid
+    if low > 1 and abs(cost(low - 1) - target) <= abs(cost(low) - target):
+        return low - 1
+    return low
+
+
+def build_aux_net(model: LayeredModel, j: int, depth: int, selection: str = "uniform") -> nn.Sequential:
+    """The auxiliary network of hidden layer j with `depth` layers under a Table 5 selection."""
+    indices = selected_indices(selection, j, len(model.layers), depth)
+    uniform = augmented_aux_net(model, j, indices)
+    if selection in ("c11", "c33"):
+        return conv_stack_aux_net(model, j, uniform, kernel=1 if selection == "c11" else 3)
+    return uniform
