@@ -1,0 +1,328 @@
+"""Forward gradients with local guesses (Fournier, Rivaud, Belilovsky, Eickenberg, Oyallon, ICML 2023).
+
+Every block but the last is updated with an estimate of a *gradient target* built from a
+*gradient guess* and one directional derivative (eq. 1, helpers in `forward_gradient.py`):
+
+    target  global        the end-to-end loss (the classifier's cross-entropy)
+            local         the block's own auxiliary loss
+            intermediate  the auxiliary loss of the next block (the end-to-end loss for block K-2)
+    guess   local         gradient of the block's trained auxiliary loss (--head fg-cnn/fg-mlp/fg-linear)
+            ntk           the same with the auxiliary net re-initialised at every batch
+            fixed-ntk     the same with the auxiliary net never trained (appendix B.2)
+            gaussian, rademacher   random directions; the estimate <g,u> u is then unnormalised
+    space   weight        eq. 4: the block's parameters as one vector, u = guess of dL/dtheta_k
+            activity      eq. 5: per sample, u_i = guess of dL/dh_i at the block output h; the
+                          estimate is back-propagated inside the block only
+    projection guess      on each sample's own guess;  span: on the span of the batch's guesses
+                          (Table 6, activity space)
+
+The last block always gets its true gradient, as in the paper. Auxiliary nets learn from their
+own local loss when they are used as a local guess or define a target (local, intermediate).
+
+`fwd_mode=jvp` (genuine forward mode): blocks are processed in order; block k runs forward with
+its autograd graph, computes its guess by back-propagating its auxiliary loss through itself only,
+then obtains <g, u> by a JVP through the target's path (the rest of the network, or a head) under
+`torch.no_grad()`, so no activation of a later block is ever saved, and steps at once. The graph of
+block k is freed before block k+1 runs (activity space keeps it during the JVP: the estimate is
+back-propagated through it, as the paper's Table 1 says). The cost is one forward-mode pass
+through the rest of the network per block, O(K^2) block evaluations per step; with a train-mode
+BatchNorm on the path, a per-sample projection costs one JVP per sample (forward_gradient.py).
+
+`fwd_mode=emulate` (what the authors' code does, appendix A.3): one forward pass through the whole
+network with its graph, then backward passes give the targets and the guesses explicitly, and the
+same estimate is formed from <g, u> computed as a dot product. Same update, BP's memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import forward_gradient as fg
+from ..errors import UserError
+from ..network import LocalModule, ModularNet
+from .base import Rule, Stats, detached_input, option, record
+from .registry import RULES
+
+TARGETS = ("global", "local", "intermediate")
+GUESSES = ("local", "ntk", "fixed-ntk", "gaussian", "rademacher")
+RANDOM_GUESSES = ("gaussian", "rademacher")
+SPACES = ("weight", "activity")
+FWD_MODES = ("jvp", "emulate")
+PROJECTIONS = ("guess", "span")
+BN_JVP = ("exact", "single")
+
+
+def _gradients(output: torch.Tensor, inputs: Sequence[torch.Tensor], grad_output: torch.Tensor | None = None,
+               retain: bool = False) -> list[torch.Tensor]:
+    """torch.autograd.grad with zeros for inputs the output does not depend on."""
+    found = torch.autograd.grad(output, list(inputs), grad_output, retain_graph=retain, allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, found)]
+
+
+def _trainable(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+
+
+def _split(flat: list[torch.Tensor], groups: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+    """Cut `flat` into consecutive lists as long as the lists of `groups`."""
+    found, start = [], 0
+    for group in groups:
+        found.append(flat[start:start + len(group)])
+        start += len(group)
+    return found
+
+
+class _ForwardMode:
+    """Directional derivatives of block k's target by forward-mode AD (fwd_mode=jvp)."""
+
+    def __init__(self, module: LocalModule, inputs: torch.Tensor, output: torch.Tensor, path: nn.Module,
+                 y: torch.Tensor, exact: bool):
+        self.module, self.inputs, self.output, self.path, self.y = module, inputs, output.detach(), path, y
+        self.exact = exact
+
+    def weight(self, guess: list[torch.Tensor]) -> torch.Tensor:
+        tangents = {name: u for (name, _), u in zip(_trainable(self.module.body), guess)}
+        return fg.weight_loss_tangent(self.module.body, self.inputs, tangents, self.path, self.y)
+
+    def per_sample(self, tangent: torch.Tensor) -> torch.Tensor:
+        return fg.per_sample_derivatives(self.path, self.output, tangent, self.y, self.exact)
+
+
+class _ExplicitTarget:
+    """The same derivatives as dot products with a target computed by back-propagation (emulate)."""
+
+    def __init__(self, target: list[torch.Tensor]):
+        self.target = target
+
+    def weight(self, guess: list[torch.Tensor]) -> torch.Tensor:
+        return fg.total_dot(self.target, guess)
+
+    def per_sample(self, tangent: torch.Tensor) -> torch.Tensor:
+        return fg.per_sample_dot(self.target[0], tangent)
+
+
+@RULES.register("fwdgrad")
+@dataclass
+class ForwardGradient(Rule):
+    """Forward-gradient estimates of a target gradient projected on a guess, per block."""
+
+    name = "fwdgrad"
+    summary = "forward gradient: a global/local/intermediate target projected on a local, NTK or random guess"
+
+    target: str = option("global", "gradient target: global = end-to-end loss, local = the block's auxiliary "
+                                   "loss, intermediate = the next block's auxiliary loss", TARGETS)
+    guess: str = option("local", "gradient guess: local = trained auxiliary net (--head fg-cnn/fg-mlp/fg-linear), "
+                                 "ntk = re-initialised every batch, fixed-ntk = never trained, gaussian/rademacher "
+                                 "= random", GUESSES)
+    space: str = option("weight", "insertion point: weight = project the block's parameter gradient (eq. 4), "
+                                  "activity = project the block-output gradient per sample (eq. 5)", SPACES)
+    fwd_mode: str = option("jvp", "jvp = directional derivatives by forward-mode AD (no backward pass through "
+                                  "the network); emulate = two backward passes, the same update", FWD_MODES)
+    projection: str = option("guess", "guess = project on each sample's own guess; span = on the span of the "
+                                      "batch's guesses (Table 6, --space activity)", PROJECTIONS)
+    bn_jvp: str = option("exact", "per-sample derivatives (--space activity, --fwd-mode jvp) when a train-mode "
+                                  "BatchNorm on the target's path mixes samples: exact = one JVP per sample; single = "
+                                  "one JVP, per-sample loss tangents (same batch total, not the same split)",
+                         BN_JVP)
+    log_alignment: bool = option(False, "log align/k, the cosine between guess and global target per block "
+                                        "(Figures 4-5); costs a backward pass unless emulate with global target")
+
+    def __post_init__(self):
+        for flag, value, choices in (("--target", self.target, TARGETS), ("--guess", self.guess, GUESSES),
+                                     ("--space", self.space, SPACES), ("--fwd-mode", self.fwd_mode, FWD_MODES),
+                                     ("--projection", self.projection, PROJECTIONS), ("--bn-jvp", self.bn_jvp, BN_JVP)):
+            if value not in choices:
+                raise ValueError(f"unknown {flag} {value!r}; choose one of: {', '.join(choices)}")
+        if self.guess in ("ntk", "fixed-ntk") and self.target != "global":
+            raise ValueError(f"--guess {self.guess} uses an untrained auxiliary net, which defines no "
+                             f"{self.target} target; use --target global")
+        if self.projection == "span" and (self.space != "activity" or self.random_guess):
+            raise ValueError("--projection span (Table 6) projects block-output gradients on the span of the "
+                             "batch's local or NTK guesses: use it with --space activity and --guess local, ntk "
+                             "or fixed-ntk")
+        # random guesses of a global target use no auxiliary net at all
+        self.uses_aux_heads = not (self.random_guess and self.target == "global")
+
+    @property
+    def random_guess(self) -> bool:
+        return self.guess in RANDOM_GUESSES
+
+    @property
+    def trains_heads(self) -> bool:
+        return self.guess == "local" or self.target in ("local", "intermediate")
+
+    def setup(self, net: ModularNet) -> None:
+        dropout = [m for m in net.model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+        if self.fwd_mode == "jvp" and dropout:
+            raise UserError("fwdgrad --fwd-mode jvp re-runs later blocks to take directional derivatives, so "
+                            "their dropout masks would differ from their own forward pass; use a model without "
+                            "dropout (or --model-kwargs dropout=0) or --fwd-mode emulate")
+
+    # ------------------------------------------------------------------------ the step
+    def train_step(self, net: ModularNet, x: torch.Tensor, y: torch.Tensor, active: Sequence[int]) -> Stats:
+        if sorted(active) != list(range(len(net))):
+            raise UserError("fwdgrad trains all modules together; it has a single phase")
+        stats: Stats = {}
+        if self.guess == "ntk":  # a fresh random auxiliary net for every batch (section 3.1)
+            for module in net.local_modules[:-1]:
+                for m in module.head.modules():
+                    if hasattr(m, "reset_parameters"):
+                        m.reset_parameters()
+        if self.fwd_mode == "jvp":
+            self._forward_mode_step(net, x, y, stats)
+        else:
+            self._emulated_step(net, x, y, stats)
+        return stats
+
+    def _forward_mode_step(self, net: ModularNet, x: torch.Tensor, y: torch.Tensor, stats: Stats) -> None:
+        global_targets = self._global_targets(net, x, y) if self.log_alignment else None
+        # a random weight-space guess needs no backward pass through the block: no graph is built
+        block_graph = self.space == "activity" or not self.random_guess
+        h = x
+        for module in net:
+            inputs = h.detach()
+            if module.is_last:  # the true gradient of the end-to-end loss
+                output = module.body(inputs)
+                logits = module.head(output)
+                loss = F.cross_entropy(logits, y)
+                record(stats, module.index, loss, logits, y)
+                params = module.trainable_parameters()
+                self._step(module, zip(params, _gradients(loss, params)))
+                break
+            with torch.set_grad_enabled(block_graph):
+                output = module.body(inputs)
+            body = [p for _, p in _trainable(module.body)]
+            if self.space == "weight":
+                # one backward pass through the head and the block gives the guess; the JVP re-runs
+                # the block with dual parameters, so its graph is freed here
+                local_loss = self._local_loss(module, output, y, stats)
+                guess, head_grads = self._guess(module, local_loss, body, keep_graph=False)
+                output = output.detach()
+            else:
+                # the head gets its own graph (consumed by the guess); the block's graph waits for
+                # the estimate, which is back-propagated through the block only
+                head_input = detached_input(output, requires_grad=True)
+                local_loss = self._local_loss(module, head_input, y, stats)
+                guess, head_grads = self._guess(module, local_loss, [head_input], keep_graph=False)
+            oracle = _ForwardMode(module, inputs, output, self._target_path(net, module.index), y,
+                                  exact=self.bn_jvp == "exact")
+            estimate = self._estimate(guess, oracle)
+            body_grads = estimate if self.space == "weight" else _gradients(output, body, estimate[0])
+            if global_targets is not None:
+                self._log_alignment(stats, module.index, global_targets[module.index], guess)
+            self._step(module, [*zip(body, body_grads), *head_grads])
+            h = output.detach()
+
+    def _emulated_step(self, net: ModularNet, x: torch.Tensor, y: torch.Tensor, stats: Stats) -> None:
+        outputs, h = [], x
+        for module in net:  # one graph through the whole network, as for BP
+            h = module.body(h)
+            outputs.append(h)
+        last = net[-1]
+        logits = last.head(h)
+        loss = F.cross_entropy(logits, y)
+        record(stats, last.index, loss, logits, y)
+        blocks = net.local_modules[:-1]
+        local_losses = [self._local_loss(m, outputs[m.index], y, stats) for m in blocks]
+        bodies = [[p for _, p in _trainable(m.body)] for m in blocks]
+        wrts = [body if self.space == "weight" else [outputs[m.index]] for m, body in zip(blocks, bodies)]
+
+        # backward pass 1: the end-to-end loss, for the last block's true gradient and the global targets
+        last_params = last.trainable_parameters()
+        global_targets = None
+        if self.target == "global" or self.log_alignment:
+            flat = [t for wrt in wrts for t in wrt]
+            grads = _gradients(loss, flat + last_params, retain=True)
+            global_targets, last_grads = _split(grads[:len(flat)], wrts), grads[len(flat):]
+        else:
+            last_grads = _gradients(loss, last_params, retain=True)
+
+        updates = []
+        for module, wrt, body in zip(blocks, wrts, bodies):
+            k = module.index
+            # backward pass 2 (per block, through the block and its head only): the guess
+            guess, head_grads = self._guess(module, local_losses[k], wrt, keep_graph=True)
+            if self.target == "global":
+                target = global_targets[k]
+            else:
+                target_loss = local_losses[k] if self.target == "local" else (
+                    local_losses[k + 1] if k + 1 < len(blocks) else loss)
+                target = _gradients(target_loss, wrt, retain=True)
+            estimate = self._estimate(guess, _ExplicitTarget(target))
+            body_grads = estimate if self.space == "weight" else _gradients(outputs[k], body, estimate[0], retain=True)
+            if self.log_alignment:
+                self._log_alignment(stats, k, global_targets[k], guess)
+            updates.append((module, [*zip(body, body_grads), *head_grads]))
+        updates.append((last, zip(last_params, last_grads)))
+        for module, pairs in updates:  # only now: stepping earlier would change tensors the graph still needs
+            self._step(module, pairs)
+
+    # --------------------------------------------------------------------------- parts
+    def _local_loss(self, module: LocalModule, output: torch.Tensor, y: torch.Tensor, stats: Stats):
+        if not self.uses_aux_heads:
+            return None
+        logits = module.head(output)
+        loss = F.cross_entropy(logits, y)
+        record(stats, module.index, loss, logits, y)
+        return loss
+
+    def _guess(self, module: LocalModule, local_loss, wrt: list[torch.Tensor], keep_graph: bool):
+        """The guess (a list like `wrt`) and the (parameter, gradient) pairs of the auxiliary net,
+        which learns from its own loss when it is trained (a local guess or a local target)."""
+        head = module.head.parameters() if self.trains_heads else []
+        head = [p for p in head if p.requires_grad]
+        if self.random_guess:
+            guess = [fg.random_guess(t, self.guess) for t in wrt]
+            head_grads = _gradients(local_loss, head, retain=keep_graph) if head else []
+        else:
+            found = _gradients(local_loss, [*wrt, *head], retain=keep_graph)
+            guess, head_grads = found[:len(wrt)], found[len(wrt):]
+        return [g.detach() for g in guess], list(zip(head, head_grads))
+
+    def _target_path(self, net: ModularNet, k: int) -> nn.Module:
+        """What maps block k's output to the logits of its target loss."""
+        if self.target == "local":
+            return net[k].head
+        if self.target == "intermediate":
+            return nn.Sequential(net[k + 1].body, net[k + 1].head)
+        return nn.Sequential(*[m.body for m in net.local_modules[k + 1:]], net[-1].head)
+
+    def _estimate(self, guess: list[torch.Tensor], oracle) -> list[torch.Tensor]:
+        normalised = not self.random_guess
+        if self.space == "weight":
+            return fg.weight_estimate(oracle.weight(guess), guess, normalised)
+        u = guess[0]
+        if self.projection == "span":
+            basis = fg.span_basis(u)
+            derivatives = torch.stack([oracle.per_sample(v.view(u.shape[1:]).expand_as(u).contiguous())
+                                       for v in basis], dim=1)
+            return [fg.span_estimate(derivatives, basis, u.shape)]
+        return [fg.activity_estimate(oracle.per_sample(u), u, normalised)]
+
+    def _global_targets(self, net: ModularNet, x: torch.Tensor, y: torch.Tensor) -> list[list[torch.Tensor]]:
+        """dL/dtheta_k or dL/dh_k of the end-to-end loss for every block but the last, for the
+        alignment diagnostic of fwd_mode=jvp: a BP forward and backward (BN statistics untouched)."""
+        with fg.frozen_batch_statistics([net.model]):
+            h, wrts = x, []
+            for module in net.local_modules[:-1]:
+                h = module.body(h)
+                wrts.append([p for _, p in _trainable(module.body)] if self.space == "weight" else [h])
+            loss = F.cross_entropy(net[-1].head(net[-1].body(h)), y)
+        return _split(_gradients(loss, [t for wrt in wrts for t in wrt]), wrts)
+
+    def _log_alignment(self, stats: Stats, k: int, target: list[torch.Tensor], guess: list[torch.Tensor]) -> None:
+        """Cosine between guess and global target (Figures 4-5): of the block's parameter vectors in
+        weight space, the mean over samples of per-sample cosines in activity space."""
+        value = fg.cosine(target, guess) if self.space == "weight" else fg.mean_sample_cosine(target[0], guess[0])
+        stats[f"align/{k}"] = value.detach()
+
+    @staticmethod
+    def _step(module: LocalModule, pairs) -> None:
+        module.optimizer.zero_grad(set_to_none=True)
+        for parameter, gradient in pairs:
+            parameter.grad = gradient.detach()
+        module.optimizer.step()
