@@ -21,20 +21,65 @@ from .rules import RULES, rule_options
 RATIO_KEYS = {"step_seconds": "time", "peak_activation_bytes": "memory", "flops_per_step": "flops"}
 
 
+VARIANT_KEYS = ("head", "split", "lr")  # settings a variant may change besides the method's own options
+
+
+def parse_method(spec: str) -> tuple[str, dict, dict]:
+    """`METHOD[:key=value...]` -> (method, rule options, settings), e.g. `sgr:sgr-lambda=0.1` or
+    `fwdgrad:guess=local:head=fg-mlp`: one method in several variants in one bench."""
+    method, *pairs = spec.split(":")
+    rule_class = RULES.get(method)
+    fields = {f.name: f for f in rule_options(rule_class)}
+    options, settings = {}, {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        name = key.strip().lstrip("-").replace("-", "_")
+        if not sep or not name:
+            raise UserError(f"method variant {spec!r}: expected METHOD:key=value[:key=value...], got {pair!r}")
+        if name in VARIANT_KEYS:
+            settings[name] = float(value) if name == "lr" else value
+        elif name in fields:
+            options[name] = _parse_value(fields[name], value, spec)
+        else:
+            accepted = sorted(k.replace("_", "-") for k in (*fields, *VARIANT_KEYS))
+            raise UserError(f"method variant {spec!r}: {method} has no option {key!r}; "
+                            f"choose from: {', '.join(accepted)}")
+    return method, options, settings
+
+
+def _parse_value(f, text: str, spec: str):
+    kind = str(f.type).replace(" | None", "")
+    try:
+        if kind in ("bool", str(bool)):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        value = {"int": int, "float": float}.get(kind, str)(text)
+    except ValueError:
+        raise UserError(f"method variant {spec!r}: {f.name.replace('_', '-')} expects a {kind}, got {text!r}") from None
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise UserError(f"method variant {spec!r}: {f.name.replace('_', '-')} must be one of: {', '.join(choices)}")
+    return value
+
+
 def plan_runs(base: TrainConfig, methods: list[str], modules: list[int], seeds: list[int],
-              n_layers: int) -> list[TrainConfig]:
+              n_layers: int) -> list[tuple[str, TrainConfig]]:
+    """(label, config) of every run; a label is the method spec as given (`sgr:sgr-lambda=0.1`)."""
     given = dict(base.rule_options)
     unused = set(given)
-    configs = []
-    for method in methods:
+    runs = []
+    for spec in methods:
+        method, overrides, settings = parse_method(spec)
         rule_class = RULES.get(method)
         accepted = {f.name for f in rule_options(rule_class)}
         unused -= accepted
-        options = {k: v for k, v in given.items() if k in accepted}
-        if base.split != "even":
+        options = {**{k: v for k, v in given.items() if k in accepted}, **overrides}
+        variant = replace(base, **settings)
+        if rule_class.single_module:  # bp: the whole network as one module, whatever the split
+            ks, variant = [1], replace(variant, split="even")
+        elif variant.split != "even":
             ks = [None]
-        elif rule_class.single_module:
-            ks = [1]
         else:
             too_many = [k for k in modules if k > n_layers or k < 1]
             if too_many:
@@ -43,12 +88,12 @@ def plan_runs(base: TrainConfig, methods: list[str], modules: list[int], seeds: 
             ks = modules
         for k in ks:
             for seed in seeds:
-                configs.append(replace(base, method=method, modules=k, seed=seed, out=None, resume=False,
-                                       rule_options=options))
+                runs.append((spec, replace(variant, method=method, modules=k, seed=seed, out=None, resume=False,
+                                           rule_options=options)))
     if unused:
         raise UserError(", ".join("--" + u.replace("_", "-") for u in sorted(unused))
                         + f" applies to none of the methods {', '.join(methods)}")
-    return configs
+    return runs
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -62,10 +107,10 @@ def aggregate(runs: list[dict]) -> list[dict]:
     """One row per (method, K): mean and std over seeds, and ratios to bp (or to the first row)."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
-        groups.setdefault((run["method"], run["modules"]), []).append(run)
+        groups.setdefault((run.get("label", run["method"]), run["modules"]), []).append(run)
     rows = []
-    for (method, k), group in groups.items():
-        row = {"method": method, "modules": k, "seeds": [r["seed"] for r in group]}
+    for (label, k), group in groups.items():
+        row = {"method": label, "modules": k, "seeds": [r["seed"] for r in group]}
         for key in ("test_top1", "test_top5", "step_seconds", "train_seconds", "peak_activation_bytes",
                     "flops_per_step", "peak_memory_bytes"):
             row[key], row[key + "_std"] = _mean_std([r[key] for r in group])
@@ -147,13 +192,13 @@ def run_bench(base: TrainConfig, methods: list[str], modules: list[int], seeds: 
     base.validate()
     data = load_dataset(base.dataset, base.data_dir, base.download, **base.dataset_kwargs)
     n_layers = len(create_model(base.model, data.input_shape, data.num_classes, **base.model_kwargs).layers)
-    configs = plan_runs(base, methods, modules, seeds, n_layers)
+    planned = plan_runs(base, methods, modules, seeds, n_layers)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
-    for i, cfg in enumerate(configs, 1):
-        result = Trainer(cfg, data=data).fit()
+    for i, (label, cfg) in enumerate(planned, 1):
+        result = {"label": label, **Trainer(cfg, data=data).fit()}
         runs.append(result)
-        print(f"[{i}/{len(configs)}] {cfg.method} K={result['modules']} seed={cfg.seed}: "
+        print(f"[{i}/{len(planned)}] {label} K={result['modules']} seed={cfg.seed}: "
               f"top-1 {result['test_top1']:.2f}%  step {1000 * (result['step_seconds'] or 0):.1f} ms", flush=True)
         save_json({"config": base.to_dict(), "runs": runs}, out / "bench.json")  # partial results survive a crash
     rows = aggregate(runs)

@@ -96,7 +96,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool) -> None:
     if bench:
         what.add_argument("--methods", default="bp,greedy,dgl",
                           help=f"comma-separated methods to compare (default: bp,greedy,dgl); any of: "
-                               f"{', '.join(RULES.names())}")
+                               f"{', '.join(RULES.names())}. A method may be given in several variants, "
+                               f"METHOD:option=value[:option=value...] with its own options or head, split, lr, "
+                               f"e.g. dgl,sgr:sgr-lambda=0.1,sgr:sgr-lambda=1")
         what.add_argument("--modules", type=_int_list, default=None,
                           help="comma-separated numbers of modules K to try (default: 4); single-module methods "
                                "(bp) run once with K=1")
@@ -295,7 +297,7 @@ def cmd_list(ns: argparse.Namespace) -> int:
     from .models import model_names
     from .rules import RULES
 
-    print("methods:  " + "\n          ".join(f"{n:<12} {RULES.get(n).summary}" for n in RULES.names()))
+    print("methods:  " + "\n          ".join(f"{n:<17} {RULES.get(n).summary}" for n in RULES.names()))
     print("models:   " + ", ".join(model_names()))
     print("heads:    " + ", ".join(HEADS.names()))
     print("datasets: " + dataset_choices())

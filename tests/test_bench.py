@@ -46,3 +46,23 @@ def test_bench_rejects_impossible_grids():
         plan_runs(tiny_config(), ["dgll"], [2], [0], n_layers=10)
     with pytest.raises(UserError, match="--sgr-typo applies to none of the methods bp, dgl"):
         plan_runs(tiny_config(rule_options={"sgr_typo": 1.0}), ["bp", "dgl"], [2], [0], n_layers=10)
+
+
+def test_method_variants_run_side_by_side_with_their_own_options(tmp_path):
+    report = run_bench(tiny_config(max_steps=2, method="dgl"), ["dgl", "sgr:sgr-lambda=0", "sgr:sgr-lambda=5:head=conv"],
+                       [2], [0], tmp_path)
+    labels = [r["method"] for r in report["rows"]]
+    assert labels == ["dgl", "sgr:sgr-lambda=0", "sgr:sgr-lambda=5:head=conv"]
+    dgl, sgr0, sgr5 = report["rows"]
+    assert sgr0["test_top1"] == dgl["test_top1"]  # lambda = 0 is dgl
+    assert report["runs"][2]["head"] == "conv" and report["runs"][2]["config"]["rule_options"]["sgr_lambda"] == 5.0
+    assert sgr5["flops_per_step"] != dgl["flops_per_step"]
+
+
+def test_method_variants_with_unknown_options_are_clear_errors():
+    with pytest.raises(UserError, match="sgr has no option 'sgr-lamda'; choose from: .*sgr-lambda"):
+        plan_runs(tiny_config(), ["sgr:sgr-lamda=1"], [2], [0], n_layers=10)
+    with pytest.raises(UserError, match="sgr-lambda expects a float, got 'big'"):
+        plan_runs(tiny_config(), ["sgr:sgr-lambda=big"], [2], [0], n_layers=10)
+    with pytest.raises(UserError, match="sgr-norm must be one of: l2, none"):
+        plan_runs(tiny_config(), ["sgr:sgr-norm=l1"], [2], [0], n_layers=10)
