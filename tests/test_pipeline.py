@@ -90,6 +90,34 @@ def test_pipelined_dgl_gives_the_parameters_of_one_process(tmp_path, schedule):
     assert piped["pipeline"]["stage_modules"] == [[0, 1], [2, 3]]
 
 
+@pytest.mark.parametrize("method", [
+    ["--method", "sgr", "--sgr-lambda", "5"],  # the stored output gradient travels downstream
+    # ResNet-20 has 10 layers: modules of 3,3,2,2, a link of 2 layers across the ranks and inside them
+    ["--method", "backlink", "--link-length", "2", "--link-alpha", "0.25", "--link-recompute"],
+], ids=["sgr", "backlink"])
+def test_sync_pipeline_gives_the_parameters_of_one_process_for_rules_with_messages(tmp_path, method):
+    args = [*TINY, *method, "--modules", "4", "--epochs", "1"]
+    single = single_process(args, tmp_path / "single")
+    run_ok([*args, "--schedule", "sync", "--out", str(tmp_path / "piped")], world=2)
+    assert_same_model(tmp_path / "piped", single)
+
+
+def test_async_backlink_uses_remote_gradients_within_the_staleness_bound(tmp_path):
+    args = [*TINY, "--method", "backlink", "--link-length", "1", "--link-alpha", "0", "--modules", "2",
+            "--epochs", "3", "--max-staleness", "1"]
+    run_ok([*args, "--out", str(tmp_path / "async")], world=2)
+    rows = (tmp_path / "async" / "log.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    losses = [float(r.split(",")[header.index("train_loss_m1")]) for r in rows[1:]]
+    assert losses[-1] < losses[0]
+    # alpha = 0: module 1's last layer learns from module 2's (stale) error only; it differs from dgl
+    run_ok([*TINY, "--method", "dgl", "--modules", "2", "--epochs", "3", "--out", str(tmp_path / "dgl")], world=2)
+    linked = load_torch(tmp_path / "async" / "model.pt")["model"]
+    plain = load_torch(tmp_path / "dgl" / "model.pt")["model"]
+    differing = {k.split(".")[1] for k in plain if not torch.equal(linked[k], plain[k])}
+    assert "4" in differing  # layer 4 = the last layer of module 1 (layers 0-4)
+
+
 def test_greedy_pipeline_runs_phases_across_stages(tmp_path):
     args = [*TINY, "--method", "greedy", "--modules", "3", "--epochs", "1"]
     single = single_process(args, tmp_path / "single")

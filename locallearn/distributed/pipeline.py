@@ -41,7 +41,9 @@ from ..engine import Trainer
 from ..errors import UserError
 from ..rules import LocalRule
 from ..split import even_sizes
+from ..rules.backlink import LINK, BackLink
 from .comm import AsyncSender, Layout, init_process_group, recv_message, send_message
+from .links import LinkExchange
 
 
 class PipelineFailure(UserError):
@@ -75,7 +77,8 @@ class ReplicaAveragedOptimizer:
 
 def is_pipelinable(rule) -> bool:
     """Rules that train module by module through `module_step` (not a whole-network step)."""
-    return isinstance(rule, LocalRule) and type(rule).train_step is LocalRule.train_step
+    return isinstance(rule, LocalRule) and (type(rule).train_step is LocalRule.train_step
+                                            or getattr(rule, "pipelinable", False))
 
 
 def stage_modules(n_modules: int, stages: int, stage: int) -> range:
@@ -125,6 +128,14 @@ class PipelineTrainer(Trainer):
                                                                  layout.replicas)
         self.prev_rank = None if layout.is_first else layout.rank_of(layout.stage - 1)
         self.next_rank = None if layout.is_last else layout.rank_of(layout.stage + 1)
+        self.links = None
+        if isinstance(self.rule, BackLink) and self.rule.link_length > 0:
+            # across ranks a link is recomputed on the next rank's copy of the linked layers (links.py);
+            # inside a stage, too, so that a sync pipeline equals one process with --link-recompute
+            self.rule.link_recompute = True
+            self.links = LinkExchange(self.rule, self.net, self.owned, self.prev_rank, self.next_rank,
+                                      dist.new_group(list(range(world))), self.device,
+                                      lag=cfg.max_staleness if cfg.schedule == "async" else 0)
         self.sender = None
         if self.next_rank is not None and cfg.schedule == "async":
             self.sender = AsyncSender(self.next_rank, cfg.max_staleness, self.forward_group, self.device)
@@ -154,7 +165,8 @@ class PipelineTrainer(Trainer):
                     raise RuntimeError(f"received batch {numbers['step']} while at step {self.position.global_step}")
                 self.max_ahead_seen = max(self.max_ahead_seen, numbers.get("ahead", 0))
                 x, y = tensors.pop("inputs"), tensors.pop("labels")
-                message = tensors
+                remote_link = self.links.incoming(tensors) if self.links else None
+                message = tensors if remote_link is None else {**tensors, LINK: remote_link}
             h = x
             for k in needed:
                 if k in active:
@@ -163,7 +175,10 @@ class PipelineTrainer(Trainer):
                     with torch.no_grad():
                         h = self.net[k](h)
             if needed[-1] < max(active):
-                self._send({"inputs": h, "labels": y, **message}, {"step": self.position.global_step})
+                link, link_tensors = self.links.outgoing(message) if self.links else (None, {})
+                self._send({"inputs": h, "labels": y, **message, **link_tensors}, {"step": self.position.global_step})
+                if link is not None:
+                    self.links.finish(link)
         if self.cfg.schedule == "sync":
             dist.barrier()
         return stats
@@ -181,6 +196,8 @@ class PipelineTrainer(Trainer):
         """A pipelined pass over the test set; every rank gets the merged metrics."""
         if self.sender is not None:
             self.sender.flush(self.cfg.dist_timeout)  # training messages first
+        if self.links is not None:
+            self.links.drain()
         modes = [m.training for m in self.net.modules()]
         self.net.eval()
         correct = {k: 0 for k in self.owned}
@@ -225,6 +242,8 @@ class PipelineTrainer(Trainer):
                 "test_loss": last["loss"] / last["n"], "local_top1": local}
 
     def _end_epoch(self, sums: dict, count: int, seconds: float) -> None:
+        if self.links is not None:
+            self.links.drain()
         # every stage only knows the statistics of its own modules: merge them, averaging replicas
         parts = self._gather({k: float(v) for k, v in sums.items()})
         merged: dict[str, list[float]] = {}
@@ -300,6 +319,8 @@ class PipelineTrainer(Trainer):
                             "they must come from the same epoch end to resume")
 
     def close(self) -> None:
+        if self.links is not None:
+            self.links.drain()
         if self.sender is not None:
             self.sender.close(self.cfg.dist_timeout)
 
