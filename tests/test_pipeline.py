@@ -132,6 +132,10 @@ def test_async_schedule_trains_and_respects_its_staleness_bound(tmp_path):
            world=2, TEST_SLOW_RANK=1, TEST_SLOW_SECONDS=0.05)
     result = json.loads((out / "result.json").read_text())
     assert result["pipeline"]["max_ahead_seen"] == 2  # reached, never exceeded
+    # where the time went: stage 0 never receives and waits on its full queue for the slow stage 1
+    pipe = result["pipeline"]
+    assert pipe["stage_recv_wait_seconds"][0] == 0.0 and pipe["stage_send_wait_seconds"][0] > 0.3
+    assert pipe["stage_send_wait_seconds"][1] == 0.0 and pipe["stage_recv_wait_seconds"][1] < 0.5 * 24 * 0.05
     rows = (out / "log.csv").read_text().splitlines()
     header = rows[0].split(",")
     losses = [float(r.split(",")[header.index("train_loss_m1")]) for r in rows[1:]]

@@ -28,6 +28,7 @@ import contextlib
 import math
 import os
 import statistics
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -140,6 +141,8 @@ class PipelineTrainer(Trainer):
         if self.next_rank is not None and cfg.schedule == "async":
             self.sender = AsyncSender(self.next_rank, cfg.max_staleness, self.forward_group, self.device)
         self.max_ahead_seen = 0
+        # where a stage's time goes: blocked on the stage before (recv) or the one after (a full send queue)
+        self.wait_seconds = {"recv": 0.0, "send": 0.0}
         self._check_resumed_positions()
 
     # ------------------------------------------------------------------ the seams
@@ -160,7 +163,9 @@ class PipelineTrainer(Trainer):
         if needed:
             message: dict = {}
             if self.prev_rank is not None:
+                started = time.perf_counter()
                 tensors, numbers = recv_message(self.prev_rank, self.forward_group, self.device)
+                self.wait_seconds["recv"] += time.perf_counter() - started
                 if numbers["step"] != self.position.global_step:
                     raise RuntimeError(f"received batch {numbers['step']} while at step {self.position.global_step}")
                 self.max_ahead_seen = max(self.max_ahead_seen, numbers.get("ahead", 0))
@@ -176,7 +181,9 @@ class PipelineTrainer(Trainer):
                         h = self.net[k](h)
             if needed[-1] < max(active):
                 link, link_tensors = self.links.outgoing(message) if self.links else (None, {})
+                started = time.perf_counter()
                 self._send({"inputs": h, "labels": y, **message, **link_tensors}, {"step": self.position.global_step})
+                self.wait_seconds["send"] += time.perf_counter() - started
                 if link is not None:
                     self.links.finish(link)
         if self.cfg.schedule == "sync":
@@ -270,6 +277,7 @@ class PipelineTrainer(Trainer):
         mine = {"flops": self.measurements.get("flops_per_step") if self.layout.replica == 0 else 0,
                 "activations": self.measurements.get("peak_activation_bytes"),
                 "step": result["step_seconds"], "train": self.train_seconds, "ahead": self.max_ahead_seen,
+                "waits": self.wait_seconds,
                 "memory": result["peak_memory_bytes"]}
         parts = self._gather(mine)
         layout, cfg = self.layout, self.cfg_root
@@ -284,6 +292,12 @@ class PipelineTrainer(Trainer):
             "samples_per_second": samples / train_seconds if train_seconds else None,
             "pipeline": {"stages": layout.stages, "replicas": layout.replicas, "schedule": cfg.schedule,
                          "max_staleness": cfg.max_staleness, "max_ahead_seen": max(p["ahead"] for p in parts),
+                         # per stage (replica 0): training seconds, and of those, blocked on a neighbour
+                         "stage_train_seconds": [parts[layout.rank_of(s, 0)]["train"] for s in range(layout.stages)],
+                         "stage_recv_wait_seconds": [parts[layout.rank_of(s, 0)]["waits"]["recv"]
+                                                     for s in range(layout.stages)],
+                         "stage_send_wait_seconds": [parts[layout.rank_of(s, 0)]["waits"]["send"]
+                                                     for s in range(layout.stages)],
                          "stage_modules": [list(stage_modules(len(self.net), layout.stages, s))
                                            for s in range(layout.stages)]},
             "config": cfg.to_dict(),

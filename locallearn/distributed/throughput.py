@@ -3,7 +3,9 @@
 For each K, side by side on the same data and seed: one process with one thread, one process with
 as many threads as pipeline processes, and a torchrun job of that many processes with one thread
 each (async schedule). Samples per second are training samples over the training wall time of
-the slowest rank (evaluation and checkpoints excluded).
+the slowest rank (evaluation and checkpoints excluded). Where the time goes is printed per stage:
+its training seconds and, of those, the seconds blocked on the stage before (waiting for its
+input) and on the stage after (a full send queue: the stage is faster than the next one).
 """
 from __future__ import annotations
 
@@ -54,13 +56,19 @@ def bench_pipeline(base: TrainConfig, modules: list[int], processes: int, out: P
         row = {"modules": k, "processes": processes,
                "one_thread": samples_per_second(one), f"{processes}_threads": samples_per_second(threads),
                "pipelined": samples_per_second(piped), "stage_modules": piped["pipeline"]["stage_modules"],
-               "pipelined_step_seconds": piped["step_seconds"], "one_thread_step_seconds": one["step_seconds"]}
+               "pipelined_step_seconds": piped["step_seconds"], "one_thread_step_seconds": one["step_seconds"],
+               **{k: piped["pipeline"][k] for k in ("stage_train_seconds", "stage_recv_wait_seconds",
+                                                     "stage_send_wait_seconds")}}
         row["speedup_vs_one_thread"] = row["pipelined"] / row["one_thread"]
         row[f"speedup_vs_{processes}_threads"] = row["pipelined"] / row[f"{processes}_threads"]
         rows.append(row)
         print(f"K={k}: 1 process x 1 thread {row['one_thread']:.1f} samples/s | 1 process x {processes} threads "
               f"{row[f'{processes}_threads']:.1f} | {processes} processes x 1 thread {row['pipelined']:.1f} "
               f"({row['speedup_vs_one_thread']:.2f}x, {row[f'speedup_vs_{processes}_threads']:.2f}x)", flush=True)
+        for s, (total, recv, send) in enumerate(zip(row["stage_train_seconds"], row["stage_recv_wait_seconds"],
+                                                    row["stage_send_wait_seconds"])):
+            print(f"  stage {s} (modules {row['stage_modules'][s]}): {total:.1f} s training, of which waiting "
+                  f"{recv:.1f} s for the stage before and {send:.1f} s on a full send queue", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     save_json({"config": base.to_dict(), "rows": rows}, out / "bench-pipeline.json")
     print(f"wrote {out / 'bench-pipeline.json'}")
