@@ -78,8 +78,7 @@ class ReplicaAveragedOptimizer:
 
 def is_pipelinable(rule) -> bool:
     """Rules that train module by module through `module_step` (not a whole-network step)."""
-    return isinstance(rule, LocalRule) and (type(rule).train_step is LocalRule.train_step
-                                            or getattr(rule, "pipelinable", False))
+    return isinstance(rule, LocalRule) and type(rule).train_step is LocalRule.train_step
 
 
 def stage_modules(n_modules: int, stages: int, stage: int) -> range:
@@ -179,6 +178,7 @@ class PipelineTrainer(Trainer):
                 else:  # frozen (greedy): forward only
                     with torch.no_grad():
                         h = self.net[k](h)
+                    message = {}
             if needed[-1] < max(active):
                 link, link_tensors = self.links.outgoing(message) if self.links else (None, {})
                 started = time.perf_counter()
@@ -186,6 +186,8 @@ class PipelineTrainer(Trainer):
                 self.wait_seconds["send"] += time.perf_counter() - started
                 if link is not None:
                     self.links.finish(link)
+            else:
+                self.rule.finish_step(message, stats)
         if self.cfg.schedule == "sync":
             dist.barrier()
         return stats

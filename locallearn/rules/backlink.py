@@ -180,8 +180,6 @@ class BackLink(LocalRule):
     """dgl whose modules also learn, in their last l layers, from the error of the next module."""
 
     name = "backlink"
-    # trains module by module; across pipeline ranks, distributed/pipeline.py carries the links
-    pipelinable = True
     summary = "BackLink: module k+1's error flows back into the last l layers of module k (weight alpha)"
 
     link_length: int = option(1, "l: how many of the last layers of each module (but the last) also get the "
@@ -218,20 +216,9 @@ class BackLink(LocalRule):
         return not module.is_last and self.link_length > 0 and self.link_alpha < 1
 
     # ------------------------------------------------------------------------------ the step
-    def train_step(self, net: ModularNet, x: torch.Tensor, y: torch.Tensor, active) -> Stats:
-        stats: Stats = {}
-        h, message = x, {}
-        active = set(active)
-        for module in net.local_modules[:max(active) + 1]:
-            if module.index in active:
-                h, message = self.module_step(module, h, y, message, stats)
-            else:  # a frozen module (not used by this rule's single phase) ends any link
-                with torch.no_grad():
-                    h = module(h)
-                message = {}
+    def finish_step(self, message: dict, stats: Stats) -> None:
         if LINK in message:  # the last active module had a link but nothing above it ran
             self.complete_link(message[LINK], None, stats)
-        return stats
 
     def module_step(self, module: LocalModule, x: torch.Tensor, y: torch.Tensor, message: dict,
                     stats: Stats) -> tuple[torch.Tensor, dict]:

@@ -120,10 +120,15 @@ class LocalRule(Rule):
         for module in net.local_modules[:max(active) + 1]:
             if module.index in active:
                 h, message = self.module_step(module, h, y, message, stats)
-            else:  # a frozen lower module (greedy): just its forward, no graph
+            else:  # a frozen lower module (greedy): just its forward, no graph, no message
                 with torch.no_grad():
                     h = module(h)
+                message = {}
+        self.finish_step(message, stats)
         return stats
+
+    def finish_step(self, message: dict, stats: Stats) -> None:
+        """What the message of the last active module still asks for (BackLink: a pending link)."""
 
     def local_loss(self, module: LocalModule, inputs: torch.Tensor, outputs: torch.Tensor, y: torch.Tensor,
                    message: dict, stats: Stats) -> torch.Tensor:

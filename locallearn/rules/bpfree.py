@@ -37,7 +37,7 @@ from ..network import LocalModule, ModularNet
 from ..units import NONLINEARITIES, Unit, split_units
 from .base import Rule, Stats, detached_input, frozen_batchnorm_statistics, option, record
 from .registry import RULES
-from .sgr import NORMALISATIONS, REDUCTIONS, sgr_penalty
+from .sgr import SGROptions, sgr_penalty
 
 FEATURES = ("flatten", "pool")
 SGR_GRADIENTS = ("exact", "appendix-d")
@@ -243,32 +243,21 @@ class LayerwiseBPFree(BPFreeRule):
 
 @RULES.register("sgr-bpfree")
 @dataclass
-class SGRBPFree(LayerwiseBPFree):
+class SGRBPFree(LayerwiseBPFree, SGROptions):
     """layerwise-bpfree where unit j >= 2 also minimises lambda * L^SGR(dL_j/dx_{j-1}, dL_{j-1}/dx_{j-1})
     (eq. 5-6); the input gradient is taken by autograd inside the one unit."""
 
     name = "sgr-bpfree"
     summary = "BP-free SGR: fixed ETF heads + successive gradient reconciliation (SGR Table 4, --split layer)"
 
-    sgr_lambda: float = option(1.0, "weight lambda of the SGR penalty (eq. 5); the paper: 1 on CIFAR, "
-                                    "1000-10000 on ImageNet (with --sgr-reduction mean)")
-    sgr_norm: str = option("l2", "normalisation of both gradients before the MSE: l2 = per sample "
-                                 "(Algorithm 1), none = raw gradients", NORMALISATIONS)
-    sgr_reduction: str = option("mean", "mean = nn.MSELoss over batch and features (Algorithm 1, what the "
-                                        "paper's lambdas imply); sum = summed over features, mean over batch",
-                                REDUCTIONS)
     sgr_grad: str = option("exact", "BP-free SGR gradient: exact = through everything inside the unit, "
                                     "appendix-d = dL/d(output) held fixed as in eq. (35)", SGR_GRADIENTS)
 
     def __post_init__(self):
         super().__post_init__()
-        if not (self.sgr_lambda >= 0 and math.isfinite(self.sgr_lambda)):
-            raise ValueError(f"--sgr-lambda must be a finite number >= 0, got {self.sgr_lambda}")
-        for flag, value, choices in (("--sgr-norm", self.sgr_norm, NORMALISATIONS),
-                                     ("--sgr-reduction", self.sgr_reduction, REDUCTIONS),
-                                     ("--sgr-grad", self.sgr_grad, SGR_GRADIENTS)):
-            if value not in choices:
-                raise ValueError(f"unknown {flag} {value!r}; choose one of: {', '.join(choices)}")
+        self.check_sgr_options()
+        if self.sgr_grad not in SGR_GRADIENTS:
+            raise ValueError(f"unknown --sgr-grad {self.sgr_grad!r}; choose one of: {', '.join(SGR_GRADIENTS)}")
 
 
 # ------------------------------------------------------------------------ global-error rules

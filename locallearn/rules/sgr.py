@@ -88,13 +88,9 @@ class _Penalty(torch.autograd.Function):
         return (2 * ctx.scale * grad * gradient).reshape(current.shape), None, None, None
 
 
-@RULES.register("sgr")
 @dataclass
-class SuccessiveGradientReconciliation(LocalRule):
-    """dgl plus lambda * L_k^SGR on every module but the first (eq. 5)."""
-
-    name = "sgr"
-    summary = "successive gradient reconciliation (local-BP): dgl + lambda * ||dL_k/dx - dL_{k-1}/dx||^2"
+class SGROptions:
+    """The options of the SGR penalty, shared by `sgr` and `sgr-bpfree`."""
 
     sgr_lambda: float = option(1.0, "weight lambda of the SGR penalty (eq. 5); the paper: 1 on CIFAR, "
                                     "1000-10000 on ImageNet (with --sgr-reduction mean)")
@@ -103,16 +99,29 @@ class SuccessiveGradientReconciliation(LocalRule):
     sgr_reduction: str = option("mean", "mean = nn.MSELoss over batch and features (Algorithm 1, what the "
                                         "paper's lambdas imply); sum = summed over features, mean over batch",
                                 REDUCTIONS)
-    reforward: bool = option(False, "after module k steps, recompute its output with the updated parameters "
-                                    "before module k+1 uses it (SGR Tables 3-4)")
 
-    def __post_init__(self):
+    def check_sgr_options(self) -> None:
         if not (self.sgr_lambda >= 0 and math.isfinite(self.sgr_lambda)):
             raise ValueError(f"--sgr-lambda must be a finite number >= 0, got {self.sgr_lambda}")
         for flag, value, choices in (("--sgr-norm", self.sgr_norm, NORMALISATIONS),
                                      ("--sgr-reduction", self.sgr_reduction, REDUCTIONS)):
             if value not in choices:
                 raise ValueError(f"unknown {flag} {value!r}; choose one of: {', '.join(choices)}")
+
+
+@RULES.register("sgr")
+@dataclass
+class SuccessiveGradientReconciliation(LocalRule, SGROptions):
+    """dgl plus lambda * L_k^SGR on every module but the first (eq. 5)."""
+
+    name = "sgr"
+    summary = "successive gradient reconciliation (local-BP): dgl + lambda * ||dL_k/dx - dL_{k-1}/dx||^2"
+
+    reforward: bool = option(False, "after module k steps, recompute its output with the updated parameters "
+                                    "before module k+1 uses it (SGR Tables 3-4)")
+
+    def __post_init__(self):
+        self.check_sgr_options()
 
     def penalty(self, current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         """L^SGR; differentiable w.r.t. `current` (the closed-form backward of `_Penalty`)."""
