@@ -162,6 +162,8 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
     written = []
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for key, label, name, scale in panels:
+        if all(r[key] is None for r in rows):  # not measured (--no-measure): no empty plot
+            continue
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for method in methods:
             mine = sorted((r for r in rows if r["method"] == method and r[key] is not None),
@@ -208,5 +210,5 @@ def run_bench(base: TrainConfig, methods: list[str], modules: list[int], seeds: 
     plots = plot(rows, out)
     print()
     print(format_table(rows))
-    print(f"\nwrote {out / 'bench.json'} and {', '.join(p.name for p in plots)}")
+    print(f"\nwrote {out / 'bench.json'}" + (f" and {', '.join(p.name for p in plots)}" if plots else ""))
     return report
