@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Peak activation bytes, FLOPs and step-time ratios of the method issues, measured side by side
+# in one bench per line: CIFAR-sized generated data (3x32x32), batch 128, 2 threads, a few steps.
+# Usage: benchmarks/cpu_cost.sh spine|sgr|auglocal|backlink|backlink-recompute|fwdgrad|pipeline [OUT_DIR]
+# Run on a quiet machine: step times are medians, but the ratios still move with other load.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:?spine|sgr|auglocal|backlink|backlink-recompute|fwdgrad|pipeline}
+out=${2:-runs/bench-cost-$what}
+ll=${LOCALLEARN:-.venv/bin/locallearn}
+img=(--dataset synthetic --dataset-kwargs shape=3x32x32 train=1280 test=128 --batch-size 128 --threads 2
+     --no-progress --epochs 1)
+
+case $what in
+  spine)  # issue 2: dgl vs bp at K=16 with both heads; activation memory of dgl/checkpoint on ResNet-110
+    for head in conv linear; do
+      $ll bench "${img[@]}" --model resnet32 --methods bp,dgl --modules 16 --head $head --max-steps 8 --out "$out/resnet32-$head"
+    done
+    $ll bench "${img[@]}" --model resnet110 --methods bp,dgl,checkpoint --modules 4,16 --max-steps 2 --out "$out/resnet110" ;;
+  sgr)  # issue 3: sgr / bp at ResNet-32, K=16 and K=3, with the paper's conv heads and with linear heads
+    for head in conv linear; do
+      $ll bench "${img[@]}" --model resnet32 --methods bp,dgl,sgr --modules 3,16 --head $head --max-steps 6 --out "$out/resnet32-$head"
+    done ;;
+  auglocal)  # issue 4: layer-wise; memory on ResNet-110 (d=2), time on ResNet-32
+    $ll bench "${img[@]}" --model resnet110 --split layer --methods bp,dgl,auglocal:aux-depth=2 --max-steps 1 --out "$out/resnet110"
+    $ll bench "${img[@]}" --model resnet32 --split layer --methods bp,dgl,auglocal:aux-depth=2 --max-steps 8 --out "$out/resnet32" ;;
+  backlink)  # issue 5: l = 1..4 over dgl at K = 2, 4, 8, 16 (l must fit the smallest linked module)
+    for model in resnet32 resnet110; do
+      if [ $model = resnet32 ]; then layers=16 steps=8; else layers=55 steps=4; fi
+      for k in 2 4 8 16; do
+        methods=dgl
+        for l in 1 2 3 4; do
+          if (( l <= layers / k )); then methods+=",backlink:link-length=$l"; fi
+        done
+        $ll bench "${img[@]}" --model $model --head conv --methods "$methods" --modules $k --max-steps $steps \
+          --out "$out/$model-k$k"
+      done
+    done ;;
+  fwdgrad)  # issue 6: ResNet-18 (CIFAR stem) in 8 blocks: genuine forward mode vs emulation vs bp
+    $ll bench --dataset synthetic --dataset-kwargs shape=3x32x32 train=320 test=64 --batch-size 32 --threads 2 \
+      --no-progress --epochs 1 --model resnet18 --model-kwargs stem=cifar --modules 8 --head fg-cnn --max-steps 3 \
+      --methods bp,dgl,fwdgrad:fwd-mode=jvp,fwdgrad:fwd-mode=emulate --target global --guess local --space weight \
+      --out "$out/resnet18" ;;
+  pipeline)  # issue 7: dgl throughput, async pipeline of 2 processes x 1 thread vs 1 process x 1 and 2 threads
+    for head in conv linear; do
+      $ll bench-pipeline --methods dgl --model resnet32 --dataset synthetic --dataset-kwargs shape=3x32x32 train=5120 \
+        test=128 --batch-size 128 --modules 2,4 --processes 2 --max-steps 40 --head $head --no-progress --out "$out/$head"
+    done
+    # the even split leaves stage 1 idle ~24 % (layers at 32x32 cost more time per FLOP): cut at layer 7 instead of 8
+    for spec in "2 7" "4 4,7,11"; do
+      set -- $spec
+      $ll bench-pipeline --methods dgl --model resnet32 --dataset synthetic --dataset-kwargs shape=3x32x32 train=5120 \
+        test=128 --batch-size 128 --modules $1 --split $2 --processes 2 --max-steps 40 --head linear --no-progress \
+        --out "$out/linear-split$1"
+    done ;;
+  backlink-recompute)  # issue 5: the kept graph against --link-recompute at many modules
+    for spec in "resnet32 8 8" "resnet110 16 4"; do
+      set -- $spec
+      $ll bench "${img[@]}" --model $1 --head conv --modules $2 --max-steps $3 --out "$out/$1-k$2" --methods \
+        dgl,backlink:link-length=1,backlink:link-length=1:link-recompute=true,backlink:link-length=2,backlink:link-length=2:link-recompute=true
+    done ;;
+  *) echo "unknown benchmark $what; choose spine, sgr, auglocal, backlink, backlink-recompute, fwdgrad or pipeline" >&2; exit 2 ;;
+esac
