@@ -7,8 +7,9 @@ S = world size / R). Stage s owns a contiguous group of the K modules, with thei
 Per batch, stage s receives the previous stage's detached output, labels and the rule's message
 (e.g. SGR's stored output gradient), runs `rule.module_step` for each of its modules exactly as
 the single-process engine does, and sends its output downstream with point-to-point ops (gloo on
-CPU, NCCL on GPU). Nothing flows upstream. Replicas of a stage average their gradients before
-every optimizer step (DDP-style all-reduce). Schedules:
+CPU, NCCL on GPU). Nothing flows upstream but BackLink's linked-layer gradients (links.py).
+Replicas of a stage average their gradients before every optimizer step (DDP-style all-reduce).
+Schedules:
 
 - `sync`: every step ends with a barrier of all ranks: lock-step, for checking.
 - `async`: a stage hands its output to a sender thread and goes on with the next batch, at most
@@ -112,7 +113,7 @@ class PipelineTrainer(Trainer):
         layout = self.layout
         if not is_pipelinable(self.rule):
             raise UserError(f"method {cfg.method} trains the whole network in one step and cannot be pipelined; "
-                            "pipelined methods train module by module (dgl, greedy, sgr, ...)")
+                            "pipelined methods train module by module (dgl, greedy, sgr, backlink, ...)")
         if len(self.net) < layout.stages:
             raise UserError(f"{layout.stages} pipeline stages need at least as many modules; got --modules "
                             f"{len(self.net)}")
