@@ -11,9 +11,8 @@ pyramidal depth gives: 1 - FLOPs(tau) / FLOPs(tau = 0), the quantity of Figure 5
 """
 from __future__ import annotations
 
-import json
-
 from .. import auxnets
+from ..checkpointing import save_json
 from ..cli import parse_kwargs
 from ..errors import UserError
 from ..models import create_model
@@ -103,8 +102,6 @@ class AuxFlops(Analysis):
             print(f"{row['aux_depth']:>3} {row['pyramid_decay']:>5.2f} {row['aux_flops'] / 1e9:>11.4f} "
                   f"{100 * row['aux_ratio']:>8.1f}% {100 * row['reduction']:>16.1f}%  {row['depths']}")
         if args.output:
-            with open(args.output, "w") as handle:
-                json.dump({"model": args.model, "input_shape": shape, "split": args.split, "rows": rows}, handle,
-                          indent=2)
+            save_json({"model": args.model, "input_shape": shape, "split": args.split, "rows": rows}, args.output)
             print(f"wrote {args.output}")
         return 0

@@ -21,7 +21,6 @@ thing from Python, e.g. from a training callback.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import statistics
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..checkpointing import save_json
 from ..errors import UserError
 from ..rules.base import detached_input
 from ..rules.sgr import NORMALISATIONS, REDUCTIONS, sgr_penalty
@@ -234,7 +234,7 @@ class Gradients(Analysis):
               f"{batch_size}, step size {step_size:g} for Delta L_k")
         print(format_rows(rows))
         output = Path(args.output) if args.output else Path(args.run) / "gradients.json"
-        output.write_text(json.dumps({"run": str(args.run), "method": trainer.cfg.method, "batches": len(batches),
-                                      "batch_size": batch_size, "step_size": step_size, "rows": rows}, indent=1))
+        save_json({"run": str(args.run), "method": trainer.cfg.method, "batches": len(batches),
+                   "batch_size": batch_size, "step_size": step_size, "rows": rows}, output)
         print(f"wrote {output}")
         return 0

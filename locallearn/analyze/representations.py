@@ -20,7 +20,6 @@ memory is that of one layer's outputs, whatever the depth. Both write a PNG (per
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator
 
@@ -28,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpointing import save_json
 from ..errors import UserError
 from ..rules.predsim import pooled_sizes
 from . import ANALYSES, Analysis, load_run
@@ -143,7 +143,7 @@ def _plot(series: dict[str, list[float]], ylabel: str, title: str, output: str) 
 
 def _save(series: dict, output: str, extra: dict) -> Path:
     path = Path(output).with_suffix(".json")
-    path.write_text(json.dumps({**extra, "per_layer": series}, indent=2))
+    save_json({**extra, "per_layer": series}, path)
     return path
 
 
