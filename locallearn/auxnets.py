@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .errors import UserError
 from .models import LayeredModel
 from .models.common import batchnorm, conv, global_pool_flatten, init_weights
+from .module_state import evaluation_mode
 
 SELECTIONS = ("uniform", "sequential", "repetitive", "c11", "c33")
 
@@ -102,25 +103,16 @@ def layer_input_shape(model: LayeredModel, index: int) -> tuple[int, ...]:
 @torch.no_grad()
 def output_shape(module: nn.Module, in_shape: Sequence[int]) -> tuple[int, ...]:
     """Shape of one sample after `module` (a dry run in eval mode, so BN takes a batch of one)."""
-    was_training = module.training
-    module.eval()
-    try:
+    with evaluation_mode(module):
         return tuple(module(torch.zeros(1, *in_shape)).shape[1:])
-    finally:
-        module.train(was_training)
 
 
 def forward_flops(module: nn.Module, in_shape: Sequence[int]) -> int:
     """FLOPs of one forward pass of one sample (torch.utils.flop_counter: a multiply-add is 2 FLOPs;
     only matmuls and convolutions are counted, as in fvcore/ptflops-style tables)."""
-    was_training = module.training
-    module.eval()
     counter = FlopCounterMode(display=False)
-    try:
-        with torch.no_grad(), counter:
-            module(torch.zeros(1, *in_shape))
-    finally:
-        module.train(was_training)
+    with torch.no_grad(), evaluation_mode(module), counter:
+        module(torch.zeros(1, *in_shape))
     return int(counter.get_total_flops())
 
 
@@ -160,13 +152,10 @@ def _input_readers(layer: nn.Module, in_shape: Sequence[int]) -> dict[str, bool]
     for name, module in layer.named_modules():
         if not list(module.children()):
             hooks.append(module.register_forward_hook(watch(name)))
-    was_training = layer.training
-    layer.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), evaluation_mode(layer):
             layer(x)
     finally:
-        layer.train(was_training)
         for hook in hooks:
             hook.remove()
     return readers

@@ -41,6 +41,7 @@ from .errors import Interrupted, NonFiniteLoss, UserError
 from .heads import HEADS
 from .measure import measure_step
 from .models import create_model
+from .module_state import evaluation_mode
 from .network import ModularNet
 from .optim import make_optimizer, make_scheduler
 from .rules import RULES, Rule, rule_options
@@ -92,26 +93,23 @@ def _stat_column(key: str) -> str:
 @torch.no_grad()
 def evaluate(net: ModularNet, rule: Rule, data, batch_size: int) -> dict:
     """Top-1/top-5 and loss of the whole network, and the top-1 of every module's own head."""
-    modes = [m.training for m in net.modules()]
-    net.eval()
     n, loss_sum = 0, 0.0
     top1 = top5 = 0
     local = [0] * len(net)
-    for x, y in data.test_batches(batch_size):
-        h = x
-        for module in net:
-            h = module(h)
-            if rule.uses_aux_heads or module.is_last:
-                logits = rule.logits(module, h)
-                local[module.index] += int((logits.argmax(1) == y).sum())
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        top1 += int((top[:, 0] == y).sum())
-        top5 += int((top == y[:, None]).any(1).sum())
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        n += len(y)
-    for module, mode in zip(net.modules(), modes):
-        module.training = mode
+    with evaluation_mode(net):
+        for x, y in data.test_batches(batch_size):
+            h = x
+            for module in net:
+                h = module(h)
+                if rule.uses_aux_heads or module.is_last:
+                    logits = rule.logits(module, h)
+                    local[module.index] += int((logits.argmax(1) == y).sum())
+            k = min(5, logits.shape[1])
+            top = logits.topk(k, dim=1).indices
+            top1 += int((top[:, 0] == y).sum())
+            top5 += int((top == y[:, None]).any(1).sum())
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            n += len(y)
     local_top1 = [100.0 * c / n if (rule.uses_aux_heads or m.is_last) else None for c, m in zip(local, net)]
     return {"test_top1": 100.0 * top1 / n, "test_top5": 100.0 * top5 / n, "test_loss": loss_sum / n,
             "local_top1": local_top1}

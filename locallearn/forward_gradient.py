@@ -24,7 +24,6 @@ are). `couples_samples` decides which case applies.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Iterable, Sequence
 
 import torch
@@ -32,6 +31,8 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
+
+from .module_state import frozen_batchnorm_statistics
 
 # the authors' constant (trainer/estimators.py): it only guards 0/0 for an all-zero guess
 EPS = 1e-16
@@ -50,22 +51,6 @@ def couples_samples(modules: Iterable[nn.Module]) -> bool:
     return any(m.training or m.running_mean is None for m in _batch_norms(modules))
 
 
-@contextlib.contextmanager
-def frozen_batch_statistics(modules: Iterable[nn.Module]):
-    """Train-mode BatchNorms keep normalising with batch statistics but leave their running
-    statistics alone: a block re-run for a JVP (or for the alignment diagnostic) must not count the
-    batch a second time. `track_running_stats=False` makes BN pass no running buffers to
-    F.batch_norm, which then uses the batch statistics, exactly as in training."""
-    changed = [m for m in _batch_norms(modules) if m.training and m.track_running_stats]
-    for m in changed:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m in changed:
-            m.track_running_stats = True
-
-
 # ------------------------------------------------------------------------ forward mode
 def _tangent(value: torch.Tensor) -> torch.Tensor:
     tangent = fwAD.unpack_dual(value).tangent
@@ -78,7 +63,7 @@ def loss_tangent(downstream: nn.Module, h: torch.Tensor, tangent: torch.Tensor, 
 
     reduction='mean': <dL/dh, tangent> for the batch loss L; 'none': the tangent of every
     per-sample loss. Runs without an autograd graph and leaves BN running statistics untouched."""
-    with torch.no_grad(), fwAD.dual_level(), frozen_batch_statistics([downstream]):
+    with torch.no_grad(), fwAD.dual_level(), frozen_batchnorm_statistics(downstream):
         logits = downstream(fwAD.make_dual(h.detach(), tangent))
         return _tangent(F.cross_entropy(logits, y, reduction=reduction))
 
@@ -88,7 +73,7 @@ def weight_loss_tangent(body: nn.Module, inputs: torch.Tensor, tangents: dict[st
     """<dL/dtheta, u> for the batch loss L = CE(downstream(body(inputs; theta)), y): the block is
     re-run with dual parameters theta + t u (`tangents` maps parameter names of `body` to u) and
     the tangent flows through `downstream` to the loss, in forward mode only."""
-    with torch.no_grad(), fwAD.dual_level(), frozen_batch_statistics([body, downstream]):
+    with torch.no_grad(), fwAD.dual_level(), frozen_batchnorm_statistics(body, downstream):
         parameters = dict(body.named_parameters())
         duals = {name: fwAD.make_dual(parameters[name].detach(), u) for name, u in tangents.items()}
         logits = downstream(functional_call(body, duals, (inputs.detach(),)))

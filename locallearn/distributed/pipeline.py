@@ -41,6 +41,7 @@ from ..checkpointing import save_json, save_torch
 from ..config import TrainConfig
 from ..engine import Trainer
 from ..errors import UserError
+from ..module_state import evaluation_mode
 from ..rules import LocalRule
 from ..split import even_sizes
 from ..rules.backlink import LINK, BackLink
@@ -208,8 +209,6 @@ class PipelineTrainer(Trainer):
             self.sender.flush(self.cfg.dist_timeout)  # training messages first
         if self.links is not None:
             self.links.drain()
-        modes = [m.training for m in self.net.modules()]
-        self.net.eval()
         correct = {k: 0 for k in self.owned}
         top1 = top5 = n = 0
         loss_sum = 0.0
@@ -218,7 +217,7 @@ class PipelineTrainer(Trainer):
             batches = self.data.test_batches(batch_size)
         else:
             batches = ((None, None) for _ in range(math.ceil(self.data.num_test / batch_size)))
-        with torch.no_grad():
+        with torch.no_grad(), evaluation_mode(self.net):
             for x, y in batches:
                 if self.prev_rank is not None:
                     tensors, _ = recv_message(self.prev_rank, self.forward_group, self.device)
@@ -240,8 +239,6 @@ class PipelineTrainer(Trainer):
                     top5 += int((top == y[:, None]).any(1).sum())
                     loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
                     n += len(y)
-        for module, mode in zip(self.net.modules(), modes):
-            module.training = mode
         parts = self._gather({"correct": correct, "top1": top1, "top5": top5, "loss": loss_sum, "n": n})
         last = next(p for p in parts if p["n"])
         merged = {k: v for p in parts for k, v in p["correct"].items()}

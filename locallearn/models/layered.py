@@ -6,6 +6,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from ..module_state import evaluation_mode
+
 
 class LayeredModel(nn.Module):
     """`layers[0] -> layers[1] -> ... -> classifier`.
@@ -36,13 +38,11 @@ class LayeredModel(nn.Module):
 
     @torch.no_grad()
     def _infer_layer_shapes(self) -> list[tuple[int, ...]]:
-        was_training = self.training
-        self.eval()  # BN with a batch of one needs its running statistics
-        x = torch.zeros(1, *self.input_shape)
         shapes = []
-        for layer in self.layers:
-            x = layer(x)
-            shapes.append(tuple(x.shape[1:]))
-        self.classifier(x)  # fail at build time, not at the first step, if the classifier does not fit
-        self.train(was_training)
+        with evaluation_mode(self):  # BN with a batch of one needs its running statistics
+            x = torch.zeros(1, *self.input_shape)
+            for layer in self.layers:
+                x = layer(x)
+                shapes.append(tuple(x.shape[1:]))
+            self.classifier(x)  # fail at build time, not at the first step, if the classifier does not fit
         return shapes

@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..models import LayeredModel
 from ..network import LocalModule
 from .base import LocalRule, Stats, option, record
-from .infopro import ReconstructionDecoder, WithDecoder
+from .infopro import ReconstructionDecoder, WithDecoder, step_with_image
 from .registry import RULES
 
 
@@ -87,7 +87,4 @@ class AugLocal(LocalRule):
                     stats: Stats) -> tuple[torch.Tensor, dict]:
         if self.recon_weight == 0:
             return super().module_step(module, x, y, message, stats)
-        # the first module's input is the image; every later module gets it in the message
-        image = message.get("image", x)
-        outputs, _ = super().module_step(module, x, y, {"image": image}, stats)
-        return outputs, {"image": image}
+        return step_with_image(super().module_step, module, x, y, message, stats)

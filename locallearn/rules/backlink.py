@@ -56,7 +56,8 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..network import LocalModule, ModularNet
-from .base import LocalRule, Stats, frozen_batchnorm_statistics, option
+from ..module_state import frozen_batchnorm_statistics
+from .base import LocalRule, Stats, option
 from .registry import RULES
 
 LINK = "backlink_link"  # message key: the Link of the module before

@@ -16,7 +16,6 @@ averaged per epoch and logged; a rule may add its own (e.g. `sgr/k`).
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Sequence
 
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 
 from ..heads import build_head
 from ..models import LayeredModel
+from ..module_state import frozen_batchnorm_statistics
 from ..network import LocalModule, ModularNet
 
 Stats = dict[str, torch.Tensor]
@@ -36,25 +36,14 @@ def option(default: Any, help: str, choices: Sequence[Any] | None = None):
     return field(default=default, metadata={"help": help, "choices": tuple(choices) if choices else None})
 
 
+def reforward_option(default: bool = False):
+    """`--reforward` (SGR Tables 3-4), for the rules whose modules hand on `LocalRule.next_input`."""
+    return option(default, "after module k steps, recompute its output with the updated parameters before "
+                           "module k+1 uses it (SGR Tables 3-4)")
+
+
 def rule_options(rule_class: type) -> list:
     return [f for f in fields(rule_class) if "help" in f.metadata]
-
-
-@contextlib.contextmanager
-def frozen_batchnorm_statistics(module: nn.Module):
-    """BN momentum 0 while layers run a second time on the same batch (a checkpoint's or a link's
-    recomputation, reforward), so that their running statistics are updated once."""
-    saved = []
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
-            saved.append((m, m.momentum, m.num_batches_tracked.clone()))
-            m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum, tracked in saved:
-            m.momentum = momentum
-            m.num_batches_tracked.copy_(tracked)
 
 
 def detached_input(x: torch.Tensor, requires_grad: bool = False) -> torch.Tensor:

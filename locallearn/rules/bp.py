@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..network import ModularNet
-from .base import Rule, Stats, frozen_batchnorm_statistics, record
+from ..module_state import frozen_batchnorm_statistics
+from .base import Rule, Stats, record
 from .registry import RULES
 
 

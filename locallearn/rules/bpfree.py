@@ -35,7 +35,8 @@ from ..errors import UserError
 from ..etf import simplex_etf
 from ..network import LocalModule, ModularNet
 from ..units import NONLINEARITIES, Unit, split_units
-from .base import Rule, Stats, detached_input, frozen_batchnorm_statistics, option, record
+from ..module_state import evaluation_mode, frozen_batchnorm_statistics
+from .base import Rule, Stats, detached_input, option, record, reforward_option
 from .registry import RULES
 from .sgr import SGROptions, sgr_penalty
 
@@ -60,7 +61,7 @@ def etf_features_adjoint(grad: torch.Tensor, like: torch.Tensor, how: str) -> to
 
 
 def _frozen_statistics(unit: Unit):
-    return frozen_batchnorm_statistics(nn.Sequential(*unit.before, unit.transform, *unit.after))
+    return frozen_batchnorm_statistics(*unit.before, unit.transform, *unit.after)
 
 
 class BPFreeRule(Rule):
@@ -96,15 +97,12 @@ class BPFreeRule(Rule):
         self.matrices = self.make_matrices(model, generator)
 
     def _dry_run(self, model) -> dict[str, tuple[int, ...]]:
-        was_training = model.training
-        model.eval()
         shapes = {}
-        with torch.no_grad():
+        with torch.no_grad(), evaluation_mode(model):
             h = torch.zeros(1, *model.input_shape)
             for unit in self.hidden + [self.classifier]:
                 h = unit(h)
                 shapes[unit.key] = tuple(h.shape[1:])
-        model.train(was_training)
         return shapes
 
     def make_matrices(self, model, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -157,8 +155,7 @@ class LayerwiseBPFree(BPFreeRule):
 
     etf_features: str = option("pool", "what the fixed ETF head of a unit sees: pool = the global average of "
                                        "each channel of the unit output, flatten = every value", FEATURES)
-    reforward: bool = option(False, "after module k steps, recompute its output with the updated parameters "
-                                    "before module k+1 uses it (SGR Tables 3-4)")
+    reforward: bool = reforward_option(False)
 
     def __post_init__(self):
         if self.etf_features not in FEATURES:

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from .. import forward_gradient as fg
 from ..errors import UserError
+from ..module_state import frozen_batchnorm_statistics
 from ..network import LocalModule, ModularNet
 from .base import Rule, Stats, detached_input, option, record
 from .registry import RULES
@@ -306,7 +307,7 @@ class ForwardGradient(Rule):
     def _global_targets(self, net: ModularNet, x: torch.Tensor, y: torch.Tensor) -> list[list[torch.Tensor]]:
         """dL/dtheta_k or dL/dh_k of the end-to-end loss for every block but the last, for the
         alignment diagnostic of fwd_mode=jvp: a BP forward and backward (BN statistics untouched)."""
-        with fg.frozen_batch_statistics([net.model]):
+        with frozen_batchnorm_statistics(net.model):
             h, wrts = x, []
             for module in net.local_modules[:-1]:
                 h = module.body(h)

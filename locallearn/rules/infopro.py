@@ -105,6 +105,15 @@ def infopro_classifier(model: LayeredModel, j: int, hidden: int = 128) -> nn.Seq
     return net
 
 
+def step_with_image(step, module: LocalModule, x: torch.Tensor, y: torch.Tensor, message: dict,
+                    stats: Stats) -> tuple[torch.Tensor, dict]:
+    """A `LocalRule.module_step` (`step`) whose module reconstructs the input image: the first
+    module's input is the image, every later module gets it in the message and hands it on."""
+    image = message.get("image", x)
+    outputs, _ = step(module, x, y, {"image": image}, stats)
+    return outputs, {"image": image}
+
+
 def linear_schedule(first: float, last: float, k: int, n_modules: int) -> float:
     """first at module 0, last at module K-2 (the last with an auxiliary loss), linear between."""
     ratio = k / (n_modules - 2) if n_modules > 2 else 0.0
@@ -165,7 +174,4 @@ class InfoPro(LocalRule):
 
     def module_step(self, module: LocalModule, x: torch.Tensor, y: torch.Tensor, message: dict,
                     stats: Stats) -> tuple[torch.Tensor, dict]:
-        # the first module's input is the image; every later module gets it in the message
-        image = message.get("image", x)
-        outputs, _ = super().module_step(module, x, y, {"image": image}, stats)
-        return outputs, {"image": image}
+        return step_with_image(super().module_step, module, x, y, message, stats)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import LocalRule, option
+from .base import LocalRule, reforward_option
 from .registry import RULES
 
 
@@ -16,8 +16,7 @@ class DecoupledGreedy(LocalRule):
     name = "dgl"
     summary = "decoupled greedy learning: all modules at once, each from its local loss"
 
-    reforward: bool = option(False, "after module k steps, recompute its output with the updated parameters "
-                                    "before module k+1 uses it (SGR Tables 3-4)")
+    reforward: bool = reforward_option(False)
 
 
 @RULES.register("reforward")
@@ -29,8 +28,7 @@ class Reforward(DecoupledGreedy):
     name = "reforward"
     summary = "dgl + reforward: module k+1 gets module k's output recomputed after its update"
 
-    reforward: bool = option(True, "after module k steps, recompute its output with the updated parameters "
-                                   "before module k+1 uses it (SGR Tables 3-4)")
+    reforward: bool = reforward_option(True)
 
 
 @RULES.register("greedy")

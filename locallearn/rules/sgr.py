@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..double_backward import fast_double_backward
 from ..network import LocalModule
-from .base import LocalRule, Stats, detached_input, option, record
+from .base import LocalRule, Stats, detached_input, option, record, reforward_option
 from .registry import RULES
 
 GRADIENT = "sgr_output_gradient"  # message key: dL_{k-1}/dx_{k-1}, detached
@@ -117,8 +117,7 @@ class SuccessiveGradientReconciliation(LocalRule, SGROptions):
     name = "sgr"
     summary = "successive gradient reconciliation (local-BP): dgl + lambda * ||dL_k/dx - dL_{k-1}/dx||^2"
 
-    reforward: bool = option(False, "after module k steps, recompute its output with the updated parameters "
-                                    "before module k+1 uses it (SGR Tables 3-4)")
+    reforward: bool = reforward_option(False)
 
     def __post_init__(self):
         self.check_sgr_options()
