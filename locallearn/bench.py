@@ -10,7 +10,7 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from .checkpointing import save_json
+from .checkpointing import prepare_out_dir, save_json
 from .config import TrainConfig
 from .data import load_dataset
 from .engine import Trainer
@@ -192,10 +192,10 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
 
 def run_bench(base: TrainConfig, methods: list[str], modules: list[int], seeds: list[int], out: Path) -> dict:
     base.validate()
+    prepare_out_dir(out, ("bench.json",), resume=False, what="a bench")
     data = load_dataset(base.dataset, base.data_dir, base.download, **base.dataset_kwargs)
     n_layers = len(create_model(base.model, data.input_shape, data.num_classes, **base.model_kwargs).layers)
     planned = plan_runs(base, methods, modules, seeds, n_layers)
-    out.mkdir(parents=True, exist_ok=True)
     runs = []
     for i, (label, cfg) in enumerate(planned, 1):
         result = {"label": label, **Trainer(cfg, data=data).fit()}

@@ -112,7 +112,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool) -> None:
                                                    f"(default: {d.seed})")
     what.add_argument("--model", help=f"model name (default: {d.model}); one of: {', '.join(model_names())}")
     what.add_argument("--model-kwargs", nargs="*", metavar="KEY=VALUE",
-                      help="extra model arguments, e.g. width=32 stem=cifar depth=6")
+                      help="extra model arguments, e.g. width=32 (resnets), widths=(16,32,64) (cnn1d), "
+                           "stem=cifar (resnet18-101); a wrong name lists the model's arguments")
     what.add_argument("--split", help=f"how to cut the model into modules (default: {d.split}); one of: "
                                       f"{', '.join(SPLIT_CHOICES)}")
     what.add_argument("--head", help=f"auxiliary head of every module but the last (default: {d.head}); one of: "
@@ -154,11 +155,14 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool) -> None:
     run.add_argument("--no-measure", dest="measure", action="store_false", default=None,
                      help="skip the FLOP and activation-memory measurement at the first step")
     run.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                     help="no progress bar")
+                     help="no progress bar (without a terminal, e.g. under nohup or SLURM, the bar is "
+                          "replaced by a line on stderr per epoch and at least every minute)")
     if not bench:
         run.add_argument("--resume", action="store_true", default=None,
                          help="continue the run saved in --out (other settings are taken from its checkpoint; "
-                              "only --epochs, --max-steps, --device, --threads and logging may change)")
+                              "only --epochs, --max-steps, --device, --threads, logging and the optimisation "
+                              "settings --lr, --momentum, --weight-decay, --sched, --warmup-epochs may change, "
+                              "e.g. a lower --lr after a non-finite loss; result.json lists the changes)")
         run.add_argument("--checkpoint-every", type=int,
                          help="also checkpoint every N steps (default: at the end of every epoch)")
         dist = parser.add_argument_group("pipeline (one group of modules per process; launch with torchrun "
@@ -219,37 +223,28 @@ def _default_out(method: str, model: str) -> str:
 
 
 def cmd_train(ns: argparse.Namespace, rule_option_names: list[str]) -> int:
-    from .checkpointing import CHECKPOINT_NAME, load_torch
-    from .engine import RESUMABLE_CHANGES, train
+    from .checkpointing import resumed_config
+    from .engine import Trainer
 
     cfg, given = config_from_args(ns, rule_option_names)
+    state = None
     if cfg.resume:
         if not cfg.out:
             raise UserError("--resume needs --out DIR, the directory of the run to continue")
-        path = Path(cfg.out) / CHECKPOINT_NAME
-        if not path.exists() and (Path(cfg.out) / "stage0" / CHECKPOINT_NAME).exists():
-            path = Path(cfg.out) / "stage0" / CHECKPOINT_NAME  # a pipelined run: every stage has its own
-        if not path.exists():
-            raise UserError(f"nothing to resume: {path} does not exist")
-        saved = load_torch(path)["config"]
-        clashes = [k for k, v in given.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
-        if clashes:
-            raise UserError("--resume continues the saved run; these flags differ from it: "
-                            + ", ".join(f"--{k.replace('_', '-')}" for k in clashes))
-        saved.update({k: v for k, v in given.items() if k in RESUMABLE_CHANGES})
-        cfg = TrainConfig(**saved)
+        cfg, state = resumed_config(cfg.out, given)
     elif not cfg.out:
         cfg.out = _default_out(cfg.method, cfg.model)
     if cfg.pipeline:
         from .distributed import run_pipeline
 
-        result = run_pipeline(cfg)
+        result = run_pipeline(cfg)  # every stage loads its own checkpoint
         if result is None:  # not rank 0
             return 0
     else:
-        result = train(cfg)
+        result = Trainer(cfg, state=state).fit()
     print(format_result(result))
-    print(f"results in {cfg.out}/ (result.json, log.csv, checkpoint.pt)")
+    files = ["result.json", "log.csv", "model.pt"] + (["heads.pt"] if result["aux_params"] else [])
+    print(f"results in {cfg.out}/ ({', '.join(files)}, checkpoint.pt)")
     return 0
 
 
@@ -258,9 +253,11 @@ def format_result(r: dict) -> str:
         return "n/a" if v is None else f"{v / 2 ** 20:.1f} MiB"
 
     local = ", ".join("-" if a is None else f"{a:.1f}" for a in r["local_top1"])
+    # the first step of a phase is measured (FLOPs, memory) and left out of the timing
+    step = "n/a (no unmeasured step)" if r["step_seconds"] is None else f"{1000 * r['step_seconds']:.1f} ms"
     return (f"{r['method']} {r['model']} K={r['modules']} on {r['dataset']}: test top-1 {r['test_top1']:.2f}% "
             f"top-5 {r['test_top5']:.2f}% | local top-1 per module [{local}]\n"
-            f"  {r['steps']} steps, median step {1000 * (r['step_seconds'] or 0):.1f} ms, train {r['train_seconds']:.1f} s, "
+            f"  {r['steps']} steps, median step {step}, train {r['train_seconds']:.1f} s, "
             f"{(r['flops_per_step'] or 0) / 1e9:.3f} GFLOP/step, activations {mb(r['peak_activation_bytes'])}, "
             f"CUDA peak {mb(r['peak_memory_bytes'])}, params {r['params'] / 1e6:.3f}M (+{r['aux_params'] / 1e6:.3f}M aux)")
 
@@ -312,11 +309,18 @@ def cmd_analyze(ns: argparse.Namespace) -> int:
     return ANALYSES.get(ns.analysis)().run(ns)
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (no usage block), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="locallearn", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(prog="locallearn", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"locallearn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{train,bench,bench-pipeline,list,analyze}")
     train_parser = sub.add_parser("train", help="train one model with one method; writes result.json, log.csv, "
@@ -366,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_list(ns)
     except NonFiniteLoss as error:
         print(f"locallearn: error: {error}", file=sys.stderr)
-        return 3
+        return error.exit_code
     except Interrupted as error:
         print(f"locallearn: stopped: {error}", file=sys.stderr)
         return error.exit_code

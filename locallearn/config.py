@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from .errors import UserError
 
@@ -10,6 +10,32 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 PIPELINE_SCHEDULES = ("sync", "async")
 DEVICES = ("auto", "cpu", "cuda")
+
+# Settings a resumed run may change. Where the run writes, how long it runs and how it logs; and the
+# optimisation settings that do not change the shape of any saved state (after a non-finite loss the
+# run resumes from its last good checkpoint with a lower --lr). Everything else must match.
+RESUMABLE_CHANGES = ("epochs", "max_steps", "device", "threads", "progress", "eval_every", "checkpoint_every",
+                     "measure", "data_dir", "download", "out", "resume")
+OPTIMISATION_CHANGES = ("lr", "momentum", "weight_decay", "sched", "warmup_epochs")
+
+_TYPE_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+               "dict": "a mapping of key=value settings", "None": "null"}
+
+
+def _has_type(value, kind: str) -> bool:
+    if kind == "None":
+        return value is None
+    if kind in ("int", "float") and isinstance(value, bool):
+        return False
+    return isinstance(value, {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict}[kind])
+
+
+def check_type(flag: str, value, annotation: str) -> None:
+    """One-line error unless `value` has the (string) type annotation, e.g. "int | None"."""
+    kinds = [k.strip() for k in str(annotation).split("|")]
+    if not any(_has_type(value, kind) for kind in kinds):
+        expected = " or ".join(_TYPE_NAMES.get(k, k) for k in kinds)
+        raise UserError(f"{flag} must be {expected}, got {value!r}")
 
 
 @dataclass
@@ -53,6 +79,13 @@ class TrainConfig:
     dist_timeout: float = 45.0      # seconds before a silent peer is an error
 
     def validate(self) -> None:
+        for f in fields(self):  # a config file or the Python API can give any JSON value
+            check_type(f"--{f.name.replace('_', '-')}", getattr(self, f.name), f.type)
+        for name in ("model_kwargs", "head_kwargs", "dataset_kwargs", "rule_options"):
+            bad = [key for key in getattr(self, name) if not isinstance(key, str) or not key.isidentifier()]
+            if bad:
+                raise UserError(f"--{name.replace('_', '-')}: {bad[0]!r} is not a setting name")
+
         def positive(name: str, value, allow_none: bool = False):
             if value is None and allow_none:
                 return
@@ -65,6 +98,9 @@ class TrainConfig:
         positive("max_steps", self.max_steps, allow_none=True)
         positive("modules", self.modules, allow_none=True)
         positive("eval_every", self.eval_every)
+        positive("threads", self.threads, allow_none=True)
+        if not 0 <= self.momentum < 1:
+            raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
         for name in ("momentum", "weight_decay", "warmup_epochs", "checkpoint_every"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:

@@ -22,6 +22,7 @@ import os
 import random
 import signal
 import statistics
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -34,8 +35,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpointing import CHECKPOINT_NAME, load_torch, save_json, save_text, save_torch
-from .config import TrainConfig
+from .checkpointing import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, HEADS_NAME, MODEL_NAME, checkpoint_path, first_line,
+                            load_checkpoint, prepare_out_dir, save_json, save_text, save_torch)
+from .config import OPTIMISATION_CHANGES, RESUMABLE_CHANGES, TrainConfig, check_type
 from .data import AUGMENT_CHOICES, load_dataset
 from .errors import Interrupted, NonFiniteLoss, UserError
 from .heads import HEADS
@@ -48,9 +50,9 @@ from .rules import RULES, Rule, rule_options
 from .split import split_layers
 
 DEFAULT_LOCAL_MODULES = 4
-# settings that may change when a run is resumed; everything else must match the checkpoint
-RESUMABLE_CHANGES = ("epochs", "max_steps", "device", "threads", "progress", "eval_every", "checkpoint_every",
-                     "measure", "data_dir", "download", "out", "resume")
+# what a run writes into --out; a directory holding any of them is a run that must not be overwritten
+RUN_FILES = (CHECKPOINT_NAME, "result.json", "log.csv", MODEL_NAME)
+PROGRESS_SECONDS = 60.0  # without a terminal (nohup, SLURM): a progress line at least this often
 
 
 def available_cores() -> int:
@@ -67,13 +69,19 @@ def resolve_device(name: str) -> torch.device:
 
 def make_rule(method: str, options: dict) -> Rule:
     rule_class = RULES.get(method)
-    accepted = {f.name for f in rule_options(rule_class)}
-    foreign = sorted(set(options) - accepted)
+    accepted = {f.name: f for f in rule_options(rule_class)}
+    foreign = sorted(set(options) - set(accepted))
     if foreign:
         flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
         raise UserError(f"{flags} does not apply to method {method}"
                         + (f" (its options: {', '.join('--' + a.replace('_', '-') for a in sorted(accepted))})"
                            if accepted else ""))
+    for name, value in options.items():  # the CLI types its flags; a config file or the Python API may not
+        field = accepted[name]
+        check_type(f"--{name.replace('_', '-')}", value, field.type)
+        choices = field.metadata.get("choices")
+        if choices and value not in choices:
+            raise UserError(f"--{name.replace('_', '-')} must be one of: {', '.join(map(str, choices))}; got {value!r}")
     try:
         return rule_class(**options)
     except (TypeError, ValueError) as error:
@@ -126,32 +134,42 @@ class Position:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, callbacks: Iterable[Callable[["Trainer"], None]] = (), data=None):
-        """`data`: an already loaded dataset for `cfg.dataset` (bench reuses one for every run)."""
+    def __init__(self, cfg: TrainConfig, callbacks: Iterable[Callable[["Trainer"], None]] = (), data=None,
+                 state: dict | None = None):
+        """`data`: an already loaded dataset for `cfg.dataset` (bench reuses one for every run).
+        `state`: the checkpoint of a resumed run when the caller has loaded it already."""
         cfg.validate()
         self.cfg = cfg
         self.callbacks = list(callbacks)
         self.stop_requested = False
+        self.stop_signal = signal.SIGINT
         self.out = Path(cfg.out) if cfg.out else None
-        state = self._checkpoint_to_resume()
+        if self.out:  # checked before anything slow is built
+            prepare_out_dir(self.out, RUN_FILES, cfg.resume, "a run")
+        if state is None:
+            state = self._checkpoint_to_resume()
+        else:
+            self._check_same_run(state["config"])
 
         torch.set_num_threads(cfg.threads or available_cores())
         self.device = resolve_device(cfg.device)
         self.rule = make_rule(cfg.method, cfg.rule_options)
+        HEADS.get(cfg.head)  # an unknown head is an error even for rules without auxiliary heads
+        if cfg.augment is not None and cfg.augment not in AUGMENT_CHOICES:
+            raise UserError(f"unknown --augment {cfg.augment!r}; choose one of: {', '.join(AUGMENT_CHOICES)}")
         if data is None:
             data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, **cfg.dataset_kwargs)
         self.data = data.to(self.device)
         self.augment = cfg.augment or self.data.default_augment
-        if self.augment not in AUGMENT_CHOICES:
-            raise UserError(f"unknown --augment {self.augment!r}; choose one of: {', '.join(AUGMENT_CHOICES)}")
-        if self.rule.uses_aux_heads:
-            HEADS.get(cfg.head)  # fail on an unknown head before building anything
 
         self._seed_everything(cfg.seed)  # the model's initial weights depend only on the seed
         model = create_model(cfg.model, self.data.input_shape, self.data.num_classes, **cfg.model_kwargs)
         n_modules = cfg.modules if cfg.modules is not None else (
             1 if self.rule.single_module else (None if cfg.split != "even" else DEFAULT_LOCAL_MODULES))
-        if self.rule.single_module and (n_modules != 1 or cfg.split not in ("even", "layer")):
+        if self.rule.single_module and cfg.split != "even":
+            raise UserError(f"method {cfg.method} trains the whole network as one module, so --split {cfg.split} "
+                            "does not apply: leave --split out (method checkpoint cuts BP into modules)")
+        if self.rule.single_module and n_modules != 1:
             raise UserError(f"method {cfg.method} trains the network end to end: use --modules 1 "
                             "(or method checkpoint for BP with one checkpoint per module)")
         ranges = split_layers(len(model.layers), model.stages, cfg.split, n_modules, cfg.model)
@@ -177,6 +195,14 @@ class Trainer:
         self.step_seconds: list[float] = []
         self.train_seconds = 0.0
         self.measurements: dict = {}
+        self.resumes: list[dict] = []      # when and with which changed settings the run was resumed
+        self.saved_step: int | None = None  # the step of the checkpoint on disk (None: none yet)
+        # the running statistics of the current epoch, checkpointed so that a resumed epoch's row is whole
+        self._epoch_sums: dict = {}
+        self._epoch_count = 0
+        self._epoch_seconds = 0.0   # of the current epoch, before the current (resumed) stretch of it
+        self._epoch_started = time.perf_counter()
+        self._last_report = time.perf_counter()
         self._augment_generator = torch.Generator()
         if state is not None:
             self._load_state(state)
@@ -219,16 +245,16 @@ class Trainer:
 
     def _run_epoch(self, active: list[int], bar) -> None:
         cfg, p = self.cfg, self.position
-        if p.batch == 0:  # a resumed epoch keeps the augmentation generator state of its checkpoint
+        if p.batch == 0:  # a resumed epoch keeps its augmentation generator state and running sums
             self._augment_generator.manual_seed(self._epoch_seed() ^ 0x5DEECE66D)
-        sums: dict[str, torch.Tensor] = {}
-        count = 0
-        started = time.perf_counter()
+            self._epoch_sums, self._epoch_count, self._epoch_seconds = {}, 0, 0.0
+        sums = self._epoch_sums
+        self._epoch_started = time.perf_counter()
         for x, y in self._batches():
             stats = self._train_step(x, y, active, measure=cfg.measure and p.phase_step == 0)
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value.detach().float()
-            count += 1
+            self._epoch_count += 1
             p.batch += 1
             p.phase_step += 1
             p.global_step += 1
@@ -240,15 +266,23 @@ class Trainer:
                 callback(self)
             if self.stop_requested:
                 self._save_checkpoint()
-                where = f"{self.out / CHECKPOINT_NAME}" if self.out else "nowhere (no --out)"
-                raise Interrupted(f"interrupted after step {p.global_step}; state saved {where}; "
-                                  f"continue with: locallearn train --resume --out {self.out}")
+                if self.out:
+                    where = (f"state saved in {self.out / CHECKPOINT_NAME}; continue with: "
+                             f"locallearn train --resume --out {self.out}")
+                else:
+                    where = "nothing saved (no --out)"
+                raise Interrupted(f"interrupted after step {p.global_step}; {where}", self.stop_signal)
             if cfg.checkpoint_every and p.global_step % cfg.checkpoint_every == 0:
-                self._save_checkpoint()
+                self._periodic_checkpoint()
+            self._report_progress(active)
             if p.phase_step >= self.phase_steps:
                 break
-        self.train_seconds += time.perf_counter() - started
-        self._end_epoch(sums, count, time.perf_counter() - started)
+        seconds = self._epoch_elapsed()
+        self.train_seconds += time.perf_counter() - self._epoch_started
+        self._end_epoch(sums, self._epoch_count, seconds)
+
+    def _epoch_elapsed(self) -> float:
+        return self._epoch_seconds + time.perf_counter() - self._epoch_started
 
     # Seams a distributed trainer overrides (distributed/pipeline.py).
     def _batches(self):
@@ -269,20 +303,38 @@ class Trainer:
         for k in active:
             self.net[k].scheduler.step()
 
+    def _periodic_checkpoint(self) -> None:
+        self._save_checkpoint()
+
     def _write_result(self, result: dict) -> None:
         if self.out:
+            self._write_weights(self.out)
             save_json(result, self.out / "result.json")
+
+    def _write_weights(self, out: Path) -> None:
+        """model.pt: the trained model as a plain state_dict (`model.load_state_dict(torch.load(...))`);
+        heads.pt: the auxiliary heads, where the rule has any. Both weights-only, safe to share."""
+        save_torch(self.net.model.state_dict(), out / MODEL_NAME)
+        if len(self.net.heads):
+            save_torch(self.net.heads.state_dict(), out / HEADS_NAME)
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, active: list[int], measure: bool) -> dict:
         _synchronize(self.device)
         started = time.perf_counter()
-        if measure:
-            with measure_step(self.net.parameters(), self.device) as found:
+        try:
+            if measure:
+                with measure_step(self.net.parameters(), self.device) as found:
+                    stats = self._step(x, y, active)
+                for key, value in found.items():
+                    self.measurements[key] = max(value, self.measurements.get(key, 0))
+            else:
                 stats = self._step(x, y, active)
-            for key, value in found.items():
-                self.measurements[key] = max(value, self.measurements.get(key, 0))
-        else:
-            stats = self._step(x, y, active)
+        except ValueError as error:
+            if "Expected more than 1 value per channel" not in str(error):
+                raise
+            raise UserError(f"a batch of {len(y)} sample cannot train the BatchNorm layers of {self.cfg.model} "
+                            f"(training set of {self.data.num_train} samples, --batch-size {self.cfg.batch_size}); "
+                            "use at least 2 samples per batch") from None
         self._step_schedulers(active)
         _synchronize(self.device)
         if not measure:  # the measured step carries hook overhead; keep it out of the timing
@@ -294,7 +346,31 @@ class Trainer:
         losses = {int(k.split("/")[1]): v for k, v in stats.items() if k.startswith("loss/")}
         if losses and not bool(torch.isfinite(torch.stack(list(losses.values()))).all()):
             bad = min(k for k, v in losses.items() if not torch.isfinite(v))
-            raise NonFiniteLoss(bad + 1, self.position.global_step + 1, float(losses[bad]))
+            raise NonFiniteLoss(f"loss of module {bad + 1} is {float(losses[bad])}", self.position.global_step + 1,
+                                self._what_is_kept())
+
+    def _non_finite_state(self) -> str | None:
+        """The name of the first parameter, buffer or optimizer state that is NaN or infinite, if any."""
+        named = [(f"model.{k}", v) for k, v in self.net.model.state_dict().items()]
+        named += [(f"heads.{k}", v) for k, v in self.net.heads.state_dict().items()]
+        for module in self.net:
+            for p, slots in module.optimizer.state.items():
+                named += [(f"optimizer state {key} of module {module.index + 1}", v) for key, v in slots.items()
+                          if isinstance(v, torch.Tensor)]
+        named = [(n, v) for n, v in named if v.is_floating_point() and v.numel()]
+        if not named:
+            return None
+        finite = torch.stack([torch.isfinite(v).all() for _, v in named])
+        return None if bool(finite.all()) else named[int((~finite).nonzero()[0])][0]
+
+    def _what_is_kept(self) -> str:
+        if not self.out:
+            return "Nothing was saved (no --out)."
+        if self.saved_step is None:
+            return (f"No checkpoint had been written yet (one is written at every epoch end and every "
+                    f"--checkpoint-every steps), so {self.out} holds nothing to resume; start again with a lower --lr.")
+        return (f"{self.out / CHECKPOINT_NAME} holds the last finite state, at step {self.saved_step}; continue from "
+                f"it with a lower learning rate: locallearn train --resume --out {self.out} --lr {self.cfg.lr / 10:g}")
 
     def _end_epoch(self, sums: dict, count: int, seconds: float) -> None:
         cfg, p = self.cfg, self.position
@@ -316,6 +392,25 @@ class Trainer:
         self.history.append(row)
         self._write_log()
         self._save_checkpoint()
+        self._report_progress(self.phases[p.phase], row)
+
+    def _report_progress(self, active: list[int], row: dict | None = None) -> None:
+        """Without a terminal (nohup, SLURM) the bar is hidden: a line per epoch, and at least every
+        PROGRESS_SECONDS within a long one, goes to stderr instead."""
+        now = time.perf_counter()
+        if not self.cfg.progress or sys.stderr.isatty() or (row is None and now - self._last_report < PROGRESS_SECONDS):
+            return
+        self._last_report = now
+        p = self.position
+        line = (f"locallearn: {self.cfg.method} K={len(self.net)}"
+                + (f" module {active[0] + 1}/{len(self.net)}" if len(self.phases) > 1 else "")
+                + f" step {p.phase_step}/{self.phase_steps}")
+        if row is not None:
+            losses = [v for k, v in row.items() if k.startswith("train_loss_m")]
+            line += f" epoch {p.epoch}" + (f" train loss {losses[-1]:.4f}" if losses else "")
+            line += f" test top-1 {row['test_top1']:.2f}%" if "test_top1" in row else ""
+            line += f" ({row['epoch_seconds']:.1f} s)"
+        print(line, file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------------- outputs
     def _result(self, final: dict) -> dict:
@@ -335,7 +430,7 @@ class Trainer:
             "params": self.net.model_parameter_count(), "aux_params": self.net.aux_parameter_count(),
             "peak_activation_bytes": self.measurements.get("peak_activation_bytes"),
             "peak_memory_bytes": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None,
-            "seed": cfg.seed, "batch_size": cfg.batch_size, "device": str(self.device),
+            "resumes": self.resumes, "seed": cfg.seed, "batch_size": cfg.batch_size, "device": str(self.device),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "locallearn": __version__,
             "config": cfg.to_dict(),
         }
@@ -354,61 +449,101 @@ class Trainer:
 
     # ------------------------------------------------------------------- checkpoints
     def _checkpoint_to_resume(self) -> dict | None:
-        if not self.out:
+        if not (self.out and self.cfg.resume):
             return None
-        path = self.out / CHECKPOINT_NAME
-        if not self.cfg.resume:
-            if path.exists():
-                raise UserError(f"{self.out} already holds a run; pass --resume to continue it, "
-                                "or choose another --out")
-            return None
-        if not path.exists():
-            raise UserError(f"nothing to resume: {path} does not exist")
-        state = load_torch(path)
-        saved = dict(state["config"])
+        state = load_checkpoint(checkpoint_path(self.out))
+        self._check_same_run(state["config"])
+        return state
+
+    def _check_same_run(self, saved: dict) -> None:
         mine = self.cfg.to_dict()
-        differs = [k for k in saved if k not in RESUMABLE_CHANGES and saved[k] != mine.get(k)]
+        may_change = RESUMABLE_CHANGES + OPTIMISATION_CHANGES
+        differs = [k for k in saved if k not in may_change and saved[k] != mine.get(k)]
         if differs:
             raise UserError("--resume must continue the same run; these settings differ from the checkpoint: "
                             + ", ".join(f"{k} ({saved[k]!r} there, {mine.get(k)!r} here)" for k in differs))
-        return state
 
     def _save_checkpoint(self) -> None:
+        """Write the whole state, or refuse to: a checkpoint never holds a NaN or infinite value."""
         if not self.out:
             return
+        bad = self._non_finite_state()
+        if bad is not None:
+            raise NonFiniteLoss(f"{bad} is NaN or infinite", self.position.global_step, self._what_is_kept())
+        numpy_rng = np.random.get_state()
+        elapsed = time.perf_counter() - self._epoch_started
         state = {
-            "format": 1, "config": self.cfg.to_dict(), "position": asdict(self.position),
+            "format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "position": asdict(self.position),
             "model": self.net.model.state_dict(), "heads": self.net.heads.state_dict(),
             "optimizers": [m.optimizer.state_dict() for m in self.net],
             "schedulers": [m.scheduler.state_dict() for m in self.net],
             "rule": self.rule.state_dict(), "history": self.history, "step_seconds": self.step_seconds,
-            "train_seconds": self.train_seconds, "measurements": self.measurements,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "train_seconds": self.train_seconds + (elapsed if self.position.batch else 0.0),
+            "measurements": self.measurements, "resumes": self.resumes,
+            "epoch": {"sums": {k: float(v) for k, v in self._epoch_sums.items()}, "count": self._epoch_count,
+                      "seconds": self._epoch_elapsed()} if self.position.batch else None,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "numpy": {"name": numpy_rng[0], "keys": torch.from_numpy(numpy_rng[1].astype(np.int64)),
+                              "pos": numpy_rng[2], "has_gauss": numpy_rng[3], "cached_gaussian": numpy_rng[4]},
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                     "augment": self._augment_generator.get_state()},
         }
         save_torch(state, self.out / CHECKPOINT_NAME)
+        self.saved_step = self.position.global_step
 
     def _load_state(self, state: dict) -> None:
-        self.net.model.load_state_dict(state["model"])
-        self.net.heads.load_state_dict(state["heads"])
-        for module, opt_state, sched_state in zip(self.net, state["optimizers"], state["schedulers"]):
-            module.optimizer.load_state_dict(opt_state)
-            module.scheduler.load_state_dict(sched_state)
-        self.rule.load_state_dict(state["rule"])
-        self.position = Position(**state["position"])
+        try:
+            self.net.model.load_state_dict(state["model"])
+            self.net.heads.load_state_dict(state["heads"])
+            for module, opt_state, sched_state in zip(self.net, state["optimizers"], state["schedulers"],
+                                                      strict=True):
+                module.optimizer.load_state_dict(opt_state)
+                module.scheduler.load_state_dict(sched_state)
+            self.rule.load_state_dict(state["rule"])
+            self.position = Position(**state["position"])
+            rng = state["rng"]
+            numpy_rng = rng["numpy"]
+            numpy_rng = (numpy_rng["name"], numpy_rng["keys"].numpy().astype(np.uint32), numpy_rng["pos"],
+                         numpy_rng["has_gauss"], numpy_rng["cached_gaussian"])
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(numpy_rng)
+            random.setstate(rng["python"])
+            if rng["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            self._augment_generator.set_state(rng["augment"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise UserError(f"the checkpoint in {self.out or 'the given state'} does not fit this run "
+                            f"({self.cfg.model}, {len(self.net)} modules): {first_line(error)}") from None
         self.history, self.step_seconds = state["history"], state["step_seconds"]
         self.train_seconds, self.measurements = state["train_seconds"], state["measurements"]
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        self._augment_generator.set_state(rng["augment"])
+        self.resumes = list(state["resumes"])
+        if state["epoch"] is not None:
+            self._epoch_sums = dict(state["epoch"]["sums"])
+            self._epoch_count, self._epoch_seconds = state["epoch"]["count"], state["epoch"]["seconds"]
+        self.saved_step = self.position.global_step
         if self.position.phase_step > self.phase_steps:
             raise UserError(f"the checkpoint is at step {self.position.phase_step} of its phase, beyond the "
                             f"{self.phase_steps} steps that --epochs/--max-steps allow now")
+        changed = {k: [state["config"][k], getattr(self.cfg, k)] for k in OPTIMISATION_CHANGES
+                   if state["config"][k] != getattr(self.cfg, k)}
+        if changed:
+            self._apply_optimisation_settings()
+            self.resumes.append({"step": self.position.global_step, "changed": changed})
+
+    def _apply_optimisation_settings(self) -> None:
+        """A resumed run with a new lr, momentum, weight decay or schedule: the loaded optimizer and
+        scheduler states are set to the new settings at the current step."""
+        cfg = self.cfg
+        for module in self.net:
+            scheduler = module.scheduler
+            scheduler.base_lrs = [cfg.lr] * len(scheduler.base_lrs)
+            for group, lr_lambda in zip(module.optimizer.param_groups, scheduler.lr_lambdas):
+                group["initial_lr"] = cfg.lr
+                group["lr"] = cfg.lr * lr_lambda(scheduler.last_epoch)
+                group["weight_decay"] = cfg.weight_decay
+                if "momentum" in group:
+                    group["momentum"] = cfg.momentum
+            scheduler._last_lr = [group["lr"] for group in module.optimizer.param_groups]
 
     # ------------------------------------------------------------------------ helpers
     @staticmethod
@@ -427,7 +562,7 @@ class Trainer:
         def request_stop(signum, frame):
             if self.stop_requested and signum == signal.SIGINT:
                 raise KeyboardInterrupt
-            self.stop_requested = True
+            self.stop_requested, self.stop_signal = True, signum
 
         previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:

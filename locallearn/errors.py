@@ -8,17 +8,20 @@ class UserError(Exception):
 
 
 class Interrupted(UserError):
-    """Ctrl-C or SIGTERM: the state after the last finished step is saved before exiting."""
+    """Ctrl-C or SIGTERM: the state after the last finished step is saved before exiting.
+    The exit code is the shell's 128 + signal number (130 for SIGINT, 143 for SIGTERM)."""
 
-    exit_code = 130
+    def __init__(self, message: str, signal_number: int = 2):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number
 
 
 class NonFiniteLoss(RuntimeError):
-    """A local loss became NaN or infinite; training stops and the last good checkpoint is kept."""
+    """A local loss or the parameters became NaN or infinite; training stops. Nothing non-finite
+    is ever written to a checkpoint, and `kept` says what is on disk."""
 
-    def __init__(self, module: int, step: int, value: float):
-        self.module, self.step, self.value = module, step, value
-        super().__init__(
-            f"loss of module {module} is {value} at step {step}; training stopped "
-            "(the last good checkpoint is kept; lower --lr or check the data)"
-        )
+    exit_code = 3
+
+    def __init__(self, what: str, step: int, kept: str):
+        self.what, self.step, self.kept = what, step, kept
+        super().__init__(f"{what} at step {step}; training stopped. {kept}")

@@ -102,8 +102,8 @@ def test_existing_run_is_not_overwritten_without_resume(tmp_path):
     fitted(tiny_config(out=str(tmp_path)))
     with pytest.raises(UserError, match="already holds a run"):
         Trainer(tiny_config(out=str(tmp_path)))
-    with pytest.raises(UserError, match="differ from the checkpoint"):
-        Trainer(tiny_config(out=str(tmp_path), resume=True, lr=0.2))
+    with pytest.raises(UserError, match="differ from the checkpoint: batch_size"):
+        Trainer(tiny_config(out=str(tmp_path), resume=True, batch_size=16))
 
 
 def test_greedy_trains_one_module_at_a_time_and_freezes_the_ones_below():

@@ -65,17 +65,19 @@ def run_ok(args, world, **env_extra):
 
 def single_process(args, out):
     assert main(["train", *args, "--out", str(out)]) == 0
-    return load_torch(out / CHECKPOINT_NAME)
+    return out
 
 
-def assert_same_model(pipelined_dir, single_state, exact=True):
-    merged = load_torch(pipelined_dir / "model.pt")
-    for part in ("model", "heads"):
-        for key, value in single_state[part].items():
+def assert_same_model(pipelined_dir, single_dir, exact=True):
+    """The weights-only model.pt and heads.pt that rank 0 merged equal those of one process."""
+    for name in ("model.pt", "heads.pt"):
+        merged, single = load_torch(pipelined_dir / name), load_torch(single_dir / name)
+        assert merged.keys() == single.keys()
+        for key, value in single.items():
             if exact:
-                assert torch.equal(merged[part][key], value), f"{part}.{key}"
+                assert torch.equal(merged[key], value), f"{name} {key}"
             else:
-                torch.testing.assert_close(merged[part][key], value, rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(merged[key], value, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("schedule", ["sync", "async"])
@@ -112,8 +114,8 @@ def test_async_backlink_uses_remote_gradients_within_the_staleness_bound(tmp_pat
     assert losses[-1] < losses[0]
     # alpha = 0: module 1's last layer learns from module 2's (stale) error only; it differs from dgl
     run_ok([*TINY, "--method", "dgl", "--modules", "2", "--epochs", "3", "--out", str(tmp_path / "dgl")], world=2)
-    linked = load_torch(tmp_path / "async" / "model.pt")["model"]
-    plain = load_torch(tmp_path / "dgl" / "model.pt")["model"]
+    linked = load_torch(tmp_path / "async" / "model.pt")
+    plain = load_torch(tmp_path / "dgl" / "model.pt")
     differing = {k.split(".")[1] for k in plain if not torch.equal(linked[k], plain[k])}
     assert "4" in differing  # layer 4 = the last layer of module 1 (layers 0-4)
 
@@ -191,6 +193,23 @@ def test_stages_resume_from_their_epoch_checkpoints(tmp_path):
     wait_all(procs)
     steps = {load_torch(c)["position"]["global_step"] for c in checkpoints}
     assert steps in ({8}, {16}), steps  # killed after a common epoch end, before the end of the run
+    run_ok(["--resume", "--out", str(out), "--no-progress"], world=2)
+    assert_same_model(out, single)
+
+
+def test_a_run_shorter_than_an_epoch_resumes_from_its_periodic_stage_checkpoints(tmp_path):
+    args = [*TINY, "--method", "dgl", "--modules", "2", "--epochs", "1", "--checkpoint-every", "2"]
+    single = single_process(args, tmp_path / "single")
+    out = tmp_path / "piped"
+    procs = launch([*args, "--out", str(out)], world=2, TEST_SLOW_RANK=0, TEST_SLOW_SECONDS=0.1)
+    checkpoints = [out / f"stage{s}" / CHECKPOINT_NAME for s in (0, 1)]
+    while not all(c.exists() for c in checkpoints):
+        time.sleep(0.02)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+    wait_all(procs)
+    steps = [load_torch(c)["position"]["global_step"] for c in checkpoints]
+    assert all(0 < step < 8 for step in steps), steps  # killed inside the only epoch
     run_ok(["--resume", "--out", str(out), "--no-progress"], world=2)
     assert_same_model(out, single)
 

@@ -11,7 +11,7 @@ import importlib
 import pkgutil
 from pathlib import Path
 
-from ..checkpointing import CHECKPOINT_NAME, load_torch
+from ..checkpointing import CHECKPOINT_NAME
 from ..config import TrainConfig
 from ..errors import UserError
 from ..registry import Registry
@@ -31,15 +31,20 @@ class Analysis:
 
 
 def load_run(directory: str | Path, device: str = "cpu"):
-    """The Trainer of the run saved in `directory`, with its trained weights loaded."""
+    """The Trainer of the run saved in `directory`, with its trained weights loaded. The checkpoint
+    is read weights-only (it may be someone else's) and nothing is written into `directory`."""
+    from ..checkpointing import load_checkpoint
     from ..engine import Trainer
 
     path = Path(directory) / CHECKPOINT_NAME
     if not path.exists():
         raise UserError(f"{directory} holds no run: {path} does not exist")
-    saved = dict(load_torch(path)["config"])
-    saved.update(out=str(directory), resume=True, device=device, progress=False)
-    return Trainer(TrainConfig(**saved))
+    state = load_checkpoint(path)
+    try:
+        cfg = TrainConfig(**{**state["config"], "out": None, "resume": False, "device": device, "progress": False})
+    except TypeError as error:
+        raise UserError(f"{path} is not a locallearn checkpoint: {error}") from None
+    return Trainer(cfg, state=state)
 
 
 for _info in pkgutil.iter_modules(__path__):

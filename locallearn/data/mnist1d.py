@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .source import TensorData
 
 
@@ -32,12 +34,16 @@ def generate(samples: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def load_mnist1d(samples: int = 5000, seed: int = 42) -> TensorData:
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 50:
+        raise UserError(f"mnist1d samples={samples!r}: give an integer of at least 50 (4/5 train, 1/5 test, 10 classes)")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UserError(f"mnist1d seed={seed!r}: give an integer")
     key = hashlib.sha1(json.dumps({"samples": samples, "seed": seed, "v": 1}).encode()).hexdigest()[:12]
     path = cache_dir() / f"mnist1d-{samples}-{seed}-{key}.npz"
     try:
         with np.load(path) as cached:
-            arrays = {name: cached[name] for name in cached.files}
-    except (OSError, ValueError, KeyError):
+            arrays = {name: cached[name] for name in ("x", "y", "x_test", "y_test")}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing, empty or damaged cache
         arrays = generate(samples, seed)
         try:  # write-then-rename, so a half-written cache file is never read
             path.parent.mkdir(parents=True, exist_ok=True)

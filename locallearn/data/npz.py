@@ -75,7 +75,7 @@ def load_npz(path: str, layout: str = "auto") -> TensorData:
             arrays = {key: archive[key] for key in KEYS}
     except FileNotFoundError:
         raise UserError(f"dataset file {path} does not exist") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise UserError(f"{path} is not a readable .npz file: {error}") from None
     try:
         x_train = _inputs(arrays["x_train"], "x_train", layout)
@@ -89,6 +89,6 @@ def load_npz(path: str, layout: str = "auto") -> TensorData:
         y_test = _labels(arrays["y_test"], "y_test", len(x_test))
     except ValueError as error:
         raise UserError(f"{path}: {error}") from None
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    num_classes = int(y_train.max()) + 1  # the classes are those of the training set (checked by TensorData)
     name = path.rsplit("/", 1)[-1]
     return TensorData(name, x_train, y_train, x_test, y_test, num_classes=num_classes)

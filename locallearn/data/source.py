@@ -11,7 +11,30 @@ from typing import Iterator
 
 import torch
 
+from ..errors import UserError
 from .augment import augment_batch
+
+
+def check_labels(name: str, y_train: torch.Tensor, y_test: torch.Tensor, num_classes: int) -> None:
+    """Labels must be the integers 0..C-1 (C >= 2), every class seen in training, and the test
+    labels among them: a stray label would otherwise silently grow the classifier."""
+    for split, y in (("training", y_train), ("test", y_test)):
+        if y.dtype != torch.int64 or y.dim() != 1:
+            raise UserError(f"{name}: {split} labels must be a 1-d tensor of integers, got {y.dtype} {tuple(y.shape)}")
+        if len(y) == 0:
+            raise UserError(f"{name}: the {split} set is empty")
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= num_classes:
+            bad = low if low < 0 else high
+            raise UserError(f"{name}: {split} label {bad} is outside the classes 0..{num_classes - 1}"
+                            + (" that the training set has; every test class must occur in training"
+                               if split == "test" else ""))
+    if num_classes < 2:
+        raise UserError(f"{name}: {num_classes} class; a classifier needs at least 2 classes")
+    missing = sorted(set(range(num_classes)) - set(torch.unique(y_train).tolist()))
+    if missing:
+        raise UserError(f"{name}: class {missing[0]} has no training sample ({len(missing)} of {num_classes} classes "
+                        "missing); labels must be 0..C-1 with every class in the training set")
 
 
 def standardize_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,6 +60,10 @@ class TensorData:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        for split, x, y in (("training", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
+            if len(x) != len(y):
+                raise UserError(f"{self.name}: {len(x)} {split} inputs but {len(y)} labels")
+        check_labels(self.name, self.y_train, self.y_test, self.num_classes)
         if self.mean is None:
             self.mean, self.std = standardize_stats(self.x_train)
 

@@ -5,13 +5,30 @@ so the task is learnable but not trivial, and the same seed gives the same data 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
+from ..errors import UserError
 from .source import TensorData
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def load_synthetic(shape=(3, 8, 8), classes: int = 10, train: int = 512, test: int = 256, noise: float = 1.0,
                    seed: int = 0) -> TensorData:
+    shape = (shape,) if isinstance(shape, int) and not isinstance(shape, bool) else shape
+    if not isinstance(shape, (tuple, list)) or not shape or not all(_is_int(s) and s > 0 for s in shape):
+        raise UserError(f"synthetic shape={shape!r}: give positive sizes, e.g. shape=3x32x32")
+    for name, value, low in (("classes", classes, 2), ("train", train, 2), ("test", test, 1), ("seed", seed, 0)):
+        if not _is_int(value) or value < low:
+            raise UserError(f"synthetic {name}={value!r}: give an integer of at least {low}")
+    if train < classes:
+        raise UserError(f"synthetic train={train} is fewer than classes={classes}: every class needs a training sample")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
+        raise UserError(f"synthetic noise={noise!r}: give a finite number >= 0")
     shape = tuple(shape)
     generator = torch.Generator().manual_seed(seed)
     prototypes = torch.randn(classes, *shape, generator=generator)

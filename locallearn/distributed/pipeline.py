@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..checkpointing import save_json, save_torch
+from ..checkpointing import CHECKPOINT_NAME, load_checkpoint, save_json
 from ..config import TrainConfig
 from ..engine import Trainer
 from ..errors import UserError
@@ -47,6 +47,9 @@ from ..split import even_sizes
 from ..rules.backlink import LINK, BackLink
 from .comm import AsyncSender, Layout, init_process_group, recv_message, send_message
 from .links import LinkExchange
+
+
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 
 
 class PipelineFailure(UserError):
@@ -97,9 +100,6 @@ class PipelineTrainer(Trainer):
         world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
         if world % cfg.data_parallel:
             raise UserError(f"--data-parallel {cfg.data_parallel} does not divide the {world} processes")
-        if cfg.checkpoint_every:
-            raise UserError("--checkpoint-every is not available with --pipeline: stages checkpoint together at "
-                            "the end of every epoch")
         self.layout = Layout(rank, world, world // cfg.data_parallel)
         use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
         if use_cuda:
@@ -115,6 +115,9 @@ class PipelineTrainer(Trainer):
         if not is_pipelinable(self.rule):
             raise UserError(f"method {cfg.method} trains the whole network in one step and cannot be pipelined; "
                             "pipelined methods train module by module (dgl, greedy, sgr, backlink, ...)")
+        if cfg.checkpoint_every and cfg.schedule == "async" and isinstance(self.rule, BackLink):
+            raise UserError("--checkpoint-every cannot be used with backlink and --schedule async: the remote "
+                            "gradients in flight are only settled at epoch ends; use --schedule sync")
         if len(self.net) < layout.stages:
             raise UserError(f"{layout.stages} pipeline stages need at least as many modules; got --modules "
                             f"{len(self.net)}")
@@ -269,8 +272,51 @@ class PipelineTrainer(Trainer):
                 self.out = out
 
     def _save_checkpoint(self) -> None:
+        """Stages save one after another, so a kill can fall between two stages' saves: each stage
+        keeps its previous checkpoint (a hard link, so one always exists) to resume at a step every
+        stage has."""
+        if self.layout.replica != 0 or not self.out:
+            return
+        current, previous = self.out / CHECKPOINT_NAME, self.out / PREVIOUS_CHECKPOINT
+        if current.exists():
+            staged = self.out / f".{PREVIOUS_CHECKPOINT}.link"
+            staged.unlink(missing_ok=True)
+            os.link(current, staged)
+            os.replace(staged, previous)
+        super()._save_checkpoint()
+
+    def _periodic_checkpoint(self) -> None:
+        """--checkpoint-every N: every stage saves after its step N, 2N, ...; all wait until all have."""
+        if self.sender is not None:
+            self.sender.flush(self.cfg.dist_timeout)
+        super()._periodic_checkpoint()
+        dist.barrier()
+
+    def _checkpoint_to_resume(self) -> dict | None:
+        """The newest step at which every stage has a checkpoint (its current or its previous one)."""
+        if not (self.out and self.cfg.resume):
+            return None
+        candidates = {}
         if self.layout.replica == 0:
-            super()._save_checkpoint()
+            for path in (self.out / CHECKPOINT_NAME, self.out / PREVIOUS_CHECKPOINT):
+                if path.exists():
+                    candidates[load_checkpoint(path)["position"]["global_step"]] = str(path)
+        steps = [set(part) for part in self._gather(candidates)]
+        replica0 = [steps[self.layout.rank_of(stage, 0)] for stage in range(self.layout.stages)]
+        common = set.intersection(*replica0)
+        if not common:
+            raise UserError(f"the stage checkpoints under {self.root_out} share no step (stages have "
+                            f"{[sorted(s) for s in replica0]}); they cannot be resumed together")
+        step = max(common)
+        # every replica of a stage resumes from its replica 0's checkpoint file
+        path = self._gather(candidates.get(step))[self.layout.rank_of(self.layout.stage, 0)]
+        state = load_checkpoint(Path(path))
+        self._check_same_run(state["config"])
+        return state
+
+    def _report_progress(self, active: list[int], row: dict | None = None) -> None:
+        if self.layout.rank == 0:
+            super()._report_progress(active, row)
 
     def _result(self, final: dict) -> dict:
         result = super()._result(final)
@@ -312,8 +358,7 @@ class PipelineTrainer(Trainer):
         for part in states:
             for k, state in part.items():
                 self.net[k].load_state_dict(state)
-        save_torch({"config": self.cfg_root.to_dict(), "model": self.net.model.state_dict(),
-                    "heads": self.net.heads.state_dict()}, self.root_out / "model.pt")
+        self._write_weights(self.root_out)
         save_json(result, self.root_out / "result.json")
 
     @contextlib.contextmanager

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from ..checkpointing import save_json
+from ..checkpointing import prepare_out_dir, save_json
 from ..config import TrainConfig
 from ..engine import Trainer
 from ..errors import UserError
@@ -47,6 +47,7 @@ def samples_per_second(result: dict) -> float:
 
 
 def bench_pipeline(base: TrainConfig, modules: list[int], processes: int, out: Path) -> list[dict]:
+    prepare_out_dir(out, ("bench-pipeline.json",), resume=False, what="a pipeline bench")
     rows = []
     for k in modules:
         cfg = replace(base, modules=k, out=None, measure=False, progress=False, schedule="async")
@@ -69,7 +70,6 @@ def bench_pipeline(base: TrainConfig, modules: list[int], processes: int, out: P
                                                     row["stage_send_wait_seconds"])):
             print(f"  stage {s} (modules {row['stage_modules'][s]}): {total:.1f} s training, of which waiting "
                   f"{recv:.1f} s for the stage before and {send:.1f} s on a full send queue", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
     save_json({"config": base.to_dict(), "rows": rows}, out / "bench-pipeline.json")
     print(f"wrote {out / 'bench-pipeline.json'}")
     return rows

@@ -6,6 +6,7 @@ auxiliary head and learning rule works on any model. Register a new model with
 """
 from __future__ import annotations
 
+import inspect
 import re
 from functools import partial
 
@@ -48,9 +49,16 @@ def create_model(name: str, input_shape, num_classes: int, **kwargs) -> LayeredM
         factory = partial(vgg, depth=int(match.group(1)))
     else:
         raise UserError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
+    parameters = inspect.signature(factory).parameters
+    accepted = [p for p in parameters if p not in ("input_shape", "num_classes")]
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown and not open_ended:
+        raise UserError(f"model {name!r} has no argument {unknown[0]!r}; its --model-kwargs are: "
+                        f"{', '.join(accepted) or 'none'}")
     try:
         return factory(tuple(input_shape), num_classes, **kwargs)
-    except (TypeError, ValueError) as error:  # bad --model-kwargs, or an input shape the model cannot take
+    except (TypeError, ValueError, RuntimeError) as error:  # a bad --model-kwargs value, or a shape it cannot take
         raise UserError(f"cannot build model {name!r} for input shape {tuple(input_shape)}: {error}") from error
 
 

@@ -1,0 +1,355 @@
+"""Every bad input a careless user or an adversary tried: exit code 2, one line on stderr naming the
+problem (no traceback, no usage block), and nothing lost in an existing run's directory."""
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from locallearn.checkpointing import CHECKPOINT_NAME, load_torch
+from locallearn.cli import main
+
+TINY = ["--dataset", "synthetic", "--dataset-kwargs", "shape=3x8x8", "classes=4", "train=64", "test=32",
+        "--model", "resnet20", "--model-kwargs", "width=4", "--batch-size", "16", "--epochs", "1", "--threads", "1",
+        "--no-progress"]
+RUN_FILES = ("checkpoint.pt", "result.json", "log.csv", "model.pt")
+
+
+class Payload:
+    """Unpickling this runs code: it touches the marker file. Only weights_only=False unpickles it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _npz(path: Path, **arrays) -> str:
+    base = dict(x_train=np.random.default_rng(0).normal(size=(8, 6)).astype(np.float32),
+                y_train=np.arange(8) % 2, x_test=np.zeros((4, 6), np.float32), y_test=np.arange(4) % 2)
+    base.update(arrays)
+    np.savez(path, **{k: v for k, v in base.items() if v is not None})
+    return str(path)
+
+
+def _checkpoint_dir(root: Path, name: str, state) -> str:
+    folder = root / name
+    folder.mkdir()
+    if isinstance(state, bytes):
+        (folder / CHECKPOINT_NAME).write_bytes(state)
+    else:
+        torch.save(state, folder / CHECKPOINT_NAME)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A finished run and a folder of bad files, made once for the whole table."""
+    root = tmp_path_factory.mktemp("bad-input")
+    run = root / "run"
+    assert main(["train", *TINY, "--method", "dgl", "--modules", "2", "--out", str(run)]) == 0
+    good = (run / CHECKPOINT_NAME).read_bytes()
+    state = load_torch(run / CHECKPOINT_NAME)
+    files = root / "files"
+    files.mkdir()
+    f = {"run": str(run), "dir": str(files), "marker": files / "pwned"}
+
+    # checkpoints
+    f["truncated"] = _checkpoint_dir(files, "truncated", good[:len(good) // 2])
+    middle = bytearray(good)
+    data_start = middle.find(b"data/0")  # flip bytes inside a tensor's stored data
+    middle[data_start + 200:data_start + 208] = bytes(b ^ 0xFF for b in middle[data_start + 200:data_start + 208])
+    f["corrupted"] = _checkpoint_dir(files, "corrupted", bytes(middle))
+    f["crafted"] = _checkpoint_dir(files, "crafted", {**state, "model": Payload(f["marker"])})
+    other = dict(state, config=dict(state["config"], model_kwargs={"width": 8}))
+    f["other-model"] = _checkpoint_dir(files, "other-model", other)
+    f["not-ours"] = _checkpoint_dir(files, "not-ours", {"weight": torch.zeros(3)})
+    f["a-list"] = _checkpoint_dir(files, "a-list", [torch.zeros(3)])
+    f["old-format"] = _checkpoint_dir(files, "old-format", dict(state, format=1))
+    f["empty-checkpoint"] = _checkpoint_dir(files, "empty-checkpoint", b"")
+    f["text-checkpoint"] = _checkpoint_dir(files, "text-checkpoint", b"this is not a checkpoint\n")
+
+    # datasets
+    (files / "empty.npz").write_bytes(b"")
+    f["empty.npz"] = str(files / "empty.npz")
+    (files / "text.npz").write_text("x_train,y_train\n1,2\n")
+    f["text.npz"] = str(files / "text.npz")
+    f["pickled.npz"] = _npz(files / "pickled.npz", x_train=np.array([{"a": 1}] * 8, dtype=object))
+    f["missing.npz"] = _npz(files / "missing.npz", x_test=None, y_test=None)
+    f["dims.npz"] = _npz(files / "dims.npz", x_train=np.zeros((8, 1, 1, 1, 6), np.float32))
+    f["nan.npz"] = _npz(files / "nan.npz", x_train=np.full((8, 6), np.nan, np.float32))
+    f["float-labels.npz"] = _npz(files / "float-labels.npz", y_train=np.arange(8) * 0.5)
+    f["negative.npz"] = _npz(files / "negative.npz", y_train=np.arange(8) % 2 - 1)
+    f["stray.npz"] = _npz(files / "stray.npz", y_test=np.array([0, 1, 0, 100000]))
+    f["test-only-class.npz"] = _npz(files / "test-only-class.npz", y_test=np.array([0, 1, 2, 1]))
+    f["one-class.npz"] = _npz(files / "one-class.npz", y_train=np.zeros(8, int), y_test=np.zeros(4, int))
+    f["gap.npz"] = _npz(files / "gap.npz", y_train=np.arange(8) % 2 * 2, y_test=np.array([0, 2, 0, 2]))
+    f["lengths.npz"] = _npz(files / "lengths.npz", y_train=np.arange(7) % 2)
+    f["empty-train.npz"] = _npz(files / "empty-train.npz", x_train=np.zeros((0, 6), np.float32),
+                                y_train=np.zeros(0, int))
+    f["shapes.npz"] = _npz(files / "shapes.npz", x_test=np.zeros((4, 5), np.float32))
+    f["int16.npz"] = _npz(files / "int16.npz", x_train=np.zeros((8, 6), np.int16))
+    f["labels-2d.npz"] = _npz(files / "labels-2d.npz", y_train=(np.arange(8) % 2)[:, None])
+    f["one-sample.npz"] = _npz(files / "one-sample.npz", x_train=np.ones((2, 6), np.float32),
+                               y_train=np.array([0, 1]))
+
+    # config files
+    for name, text in {"bad-json": "{lr: 0.1", "a-list": "[1, 2]", "unknown": '{"lr": 0.1, "learning_rate": 3}',
+                       "momentum-abc": '{"momentum": "abc"}', "modules-float": '{"modules": 2.5}',
+                       "kwargs-string": '{"model_kwargs": "w=3"}', "lr-bool": '{"lr": true}',
+                       "seed-string": '{"seed": "1"}', "kwargs-key": '{"model_kwargs": {"1x": 3}}',
+                       "option-type": '{"method": "sgr", "rule_options": {"sgr_lambda": "x"}}',
+                       "option-choice": '{"method": "fwdgrad", "rule_options": {"guess": "bogus"}}',
+                       "option-foreign": '{"method": "dgl", "rule_options": {"sgr_lambda": 1.0}}'}.items():
+        (files / f"{name}.json").write_text(text)
+        f[f"config-{name}"] = str(files / f"{name}.json")
+    (files / "a-file").write_text("not a directory")
+    (files / "bench").mkdir()
+    (files / "bench" / "bench.json").write_text("{}")
+    f["bench"] = str(files / "bench")
+    f["a-file"] = str(files / "a-file")
+    return f
+
+
+def _snapshot(folder: str) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+T = "{TINY}"
+CASES = [
+    # names and choices
+    ("unknown-method", ["train", T, "--method", "sgd"], r"unknown method 'sgd'; choose one of: .*bp, checkpoint, .*dgl"),
+    ("unknown-model", ["train", T, "--model", "resnet33"], r"unknown model 'resnet33'; choose one of: alexnet, cnn1d"),
+    ("vgg-too-shallow", ["train", T, "--model", "vgg3"], r"cannot build model 'vgg3' .*VGG depth must be at least 6"),
+    ("unknown-dataset", ["train", T, "--dataset", "cifar11"], r"unknown dataset 'cifar11'; choose one of: mnist1d"),
+    ("unknown-head", ["train", T, "--head", "big"], r"unknown head 'big'; choose one of: conv, dgl"),
+    ("bp-unknown-head", ["train", T, "--method", "bp", "--head", "bogus"], r"unknown head 'bogus'; choose one of"),
+    ("unknown-optimizer", ["train", T, "--optimizer", "lbfgs"], r"argument --optimizer: invalid choice: 'lbfgs'"),
+    ("unknown-sched", ["train", T, "--sched", "linear"], r"argument --sched: invalid choice"),
+    ("unknown-device", ["train", T, "--device", "tpu"], r"argument --device: invalid choice"),
+    ("unknown-augment", ["train", T, "--augment", "rotate"], r"argument --augment: invalid choice"),
+    ("unknown-guess", ["train", T, "--method", "fwdgrad", "--guess", "bogus"], r"argument --guess: invalid choice"),
+    ("unknown-flag", ["train", T, "--learning-rate", "0.1"], r"unrecognized arguments: --learning-rate"),
+    ("no-command-analysis", ["analyze"], r"name an analysis: locallearn analyze \{"),
+    ("unknown-analysis", ["analyze", "bogus"], r"invalid choice: 'bogus' \(choose from 'alignment', 'aux-flops'"),
+    # keyword arguments
+    ("kwargs-no-equals", ["train", T, "--model-kwargs", "width"], r"--model-kwargs expects key=value pairs"),
+    ("kwargs-bad-key", ["train", T, "--model-kwargs", "1x=3"], r"--model-kwargs expects key=value pairs, got '1x=3'"),
+    ("model-kwargs-unknown", ["train", "--model", "cnn1d", "--model-kwargs", "width=32"],
+     r"model 'cnn1d' has no argument 'width'; its --model-kwargs are: widths, strides"),
+    ("model-kwargs-negative", ["train", T, "--model-kwargs", "width=-4"], r"cannot build model 'resnet20'"),
+    ("head-kwargs-unknown", ["train", T, "--head-kwargs", "nonsense=3"], r"bad --head-kwargs for head 'conv'"),
+    ("dataset-kwargs-unknown", ["train", T, "--dataset-kwargs", "bogus=1"], r"bad --dataset-kwargs for synthetic"),
+    # splits
+    ("too-many-modules", ["train", T, "--modules", "11"], r"--modules 11 is larger than the number of layers"),
+    ("zero-modules", ["train", T, "--modules", "0"], r"--modules must be a positive number, got 0"),
+    ("negative-modules", ["train", T, "--modules", "-2"], r"--modules must be a positive number, got -2"),
+    ("split-decreasing", ["train", T, "--split", "9,3"], r"boundaries must be increasing layer indices"),
+    ("split-at-zero", ["train", T, "--split", "0,4"], r"boundaries must be increasing layer indices between 1 and 9"),
+    ("split-beyond", ["train", T, "--split", "4,10"], r"between 1 and 9 \(resnet20 has 10 layers\)"),
+    ("split-unknown", ["train", T, "--split", "halves"], r"unknown --split 'halves'; choose one of: even, stage"),
+    ("split-and-modules", ["train", T, "--split", "stage", "--modules", "5"], r"--split stage gives 3 modules but"),
+    ("bp-several-modules", ["train", T, "--method", "bp", "--modules", "4"], r"method bp trains the network end to end"),
+    ("bp-split-layer", ["train", T, "--method", "bp", "--split", "layer"],
+     r"method bp trains the whole network as one module, so --split layer does not apply"),
+    ("bpfree-needs-layers", ["train", T, "--method", "sgr-bpfree"], r"each module must be one layer .*--split layer"),
+    # numbers
+    ("lr-zero", ["train", T, "--lr", "0"], r"--lr must be a positive number, got 0.0"),
+    ("lr-negative", ["train", T, "--lr", "-0.1"], r"--lr must be a positive number, got -0.1"),
+    ("lr-nan", ["train", T, "--lr", "nan"], r"--lr must be a positive number, got nan"),
+    ("lr-inf", ["train", T, "--lr", "inf"], r"--lr must be a positive number, got inf"),
+    ("lr-text", ["train", T, "--lr", "fast"], r"argument --lr: invalid float value: 'fast'"),
+    ("batch-zero", ["train", T, "--batch-size", "0"], r"--batch-size must be a positive number, got 0"),
+    ("batch-negative", ["train", T, "--batch-size", "-1"], r"--batch-size must be a positive number, got -1"),
+    ("epochs-zero", ["train", T, "--epochs", "0"], r"--epochs must be a positive number, got 0"),
+    ("max-steps-zero", ["train", T, "--max-steps", "0"], r"--max-steps must be a positive number, got 0"),
+    ("momentum-five", ["train", T, "--momentum", "5"], r"--momentum must be in \[0, 1\), got 5.0"),
+    ("momentum-negative", ["train", T, "--momentum", "-0.1"], r"--momentum must be in \[0, 1\), got -0.1"),
+    ("weight-decay-negative", ["train", T, "--weight-decay", "-1"], r"--weight-decay must be zero or positive"),
+    ("weight-decay-nan", ["train", T, "--weight-decay", "nan"], r"--weight-decay must be zero or positive, got nan"),
+    ("warmup-negative", ["train", T, "--warmup-epochs", "-1"], r"--warmup-epochs must be zero or positive"),
+    ("eval-every-zero", ["train", T, "--eval-every", "0"], r"--eval-every must be a positive number, got 0"),
+    ("threads-negative", ["train", T, "--threads", "-3"], r"--threads must be a positive number, got -3"),
+    ("threads-zero", ["train", T, "--threads", "0"], r"--threads must be a positive number, got 0"),
+    ("threads-text", ["train", T, "--threads", "many"], r"argument --threads: invalid int value: 'many'"),
+    ("seed-text", ["train", T, "--seed", "x"], r"argument --seed: invalid int value: 'x'"),
+    ("checkpoint-every-negative", ["train", T, "--checkpoint-every", "-1"], r"--checkpoint-every must be zero or"),
+    # method options
+    ("option-of-another-method", ["train", T, "--sgr-lambda", "1"], r"--sgr-lambda does not apply to method dgl"),
+    ("link-length-with-sgr", ["train", T, "--method", "sgr", "--link-length", "1"],
+     r"--link-length does not apply to method sgr"),
+    ("link-length-negative", ["train", T, "--method", "backlink", "--link-length", "-1"],
+     r"--link-length must be an integer >= 0, got -1"),
+    ("link-length-too-long", ["train", T, "--method", "backlink", "--link-length", "9"],
+     r"--link-length 9 is longer than module"),
+    ("link-alpha-two", ["train", T, "--method", "backlink", "--link-alpha", "2"], r"--link-alpha must be a number"),
+    ("sgr-lambda-negative", ["train", T, "--method", "sgr", "--sgr-lambda", "-1"],
+     r"--sgr-lambda must be a finite number >= 0"),
+    ("predsim-beta-two", ["train", T, "--method", "predsim", "--predsim-beta", "2"], r"--predsim-beta must be between"),
+    # data files
+    ("npz-missing-arrays", ["train", "--dataset", "{missing.npz}"], r"missing array\(s\) x_test, y_test"),
+    ("npz-empty-file", ["train", "--dataset", "{empty.npz}"], r"empty.npz is not a readable .npz file"),
+    ("npz-text-file", ["train", "--dataset", "{text.npz}"], r"text.npz is not a readable .npz file"),
+    ("npz-pickled", ["train", "--dataset", "{pickled.npz}"], r"pickled.npz is not a readable .npz file"),
+    ("npz-nonexistent", ["train", "--dataset", "{dir}/nowhere.npz"], r"dataset file .*nowhere.npz does not exist"),
+    ("npz-five-axes", ["train", "--dataset", "{dims.npz}"], r"x has 5 axes; expected 2 \(N, D\)"),
+    ("npz-nan", ["train", "--dataset", "{nan.npz}"], r"x_train contains NaN or infinite values"),
+    ("npz-float-labels", ["train", "--dataset", "{float-labels.npz}"], r"y_train must hold integer class labels"),
+    ("npz-negative-labels", ["train", "--dataset", "{negative.npz}"], r"y_train has negative labels"),
+    ("npz-stray-test-label", ["train", "--dataset", "{stray.npz}"],
+     r"test label 100000 is outside the classes 0..1 that the training set has"),
+    ("npz-class-only-in-test", ["train", "--dataset", "{test-only-class.npz}"],
+     r"test label 2 is outside the classes 0..1 that the training set has; every test class must occur"),
+    ("npz-one-class", ["train", "--dataset", "{one-class.npz}"], r"1 class; a classifier needs at least 2 classes"),
+    ("npz-class-gap", ["train", "--dataset", "{gap.npz}"], r"class 1 has no training sample"),
+    ("npz-lengths", ["train", "--dataset", "{lengths.npz}"], r"y_train must be one label per sample"),
+    ("npz-empty-train", ["train", "--dataset", "{empty-train.npz}"], r"x_train and x_test must not be empty"),
+    ("npz-shapes", ["train", "--dataset", "{shapes.npz}"], r"x_train samples have shape \(1, 6\) but x_test"),
+    ("npz-int16", ["train", "--dataset", "{int16.npz}"], r"x_train must be uint8 or float, got dtype int16"),
+    ("npz-labels-2d", ["train", "--dataset", "{labels-2d.npz}"], r"y_train must be one label per sample"),
+    ("npz-layout", ["train", "--dataset", "{missing.npz}", "--dataset-kwargs", "layout=XYZ"],
+     r"unknown npz layout 'XYZ'; choose one of: auto"),
+    ("one-sample-batches", ["train", "--dataset", "{one-sample.npz}", "--model", "mlp", "--batch-size", "1",
+                            "--method", "bp", "--modules", "1"],
+     r"a batch of 1 sample cannot train the BatchNorm layers of mlp"),
+    # dataset arguments
+    ("synthetic-no-classes", ["train", "--dataset", "synthetic", "--dataset-kwargs", "classes=0"],
+     r"synthetic classes=0: give an integer of at least 2"),
+    ("synthetic-one-class", ["train", "--dataset", "synthetic", "--dataset-kwargs", "classes=1"],
+     r"synthetic classes=1: give an integer of at least 2"),
+    ("synthetic-no-train", ["train", "--dataset", "synthetic", "--dataset-kwargs", "train=0"],
+     r"synthetic train=0: give an integer of at least 2"),
+    ("synthetic-few-train", ["train", "--dataset", "synthetic", "--dataset-kwargs", "train=5"],
+     r"synthetic train=5 is fewer than classes=10"),
+    ("synthetic-zero-shape", ["train", "--dataset", "synthetic", "--dataset-kwargs", "shape=0x3"],
+     r"synthetic shape=\(0, 3\): give positive sizes"),
+    ("synthetic-negative-noise", ["train", "--dataset", "synthetic", "--dataset-kwargs", "noise=-1"],
+     r"synthetic noise=-1: give a finite number >= 0"),
+    ("mnist1d-no-samples", ["train", "--dataset-kwargs", "samples=0"], r"mnist1d samples=0: give an integer of at least"),
+    ("mnist1d-negative", ["train", "--dataset-kwargs", "samples=-5"], r"mnist1d samples=-5: give an integer"),
+    ("mnist1d-text", ["train", "--dataset-kwargs", "samples=many"], r"mnist1d samples='many': give an integer"),
+    # output directories
+    ("out-is-a-file", ["train", T, "--out", "{a-file}"], r"--out .*a-file is a file, not a directory"),
+    ("out-dev-null", ["train", T, "--out", "/dev/null"], r"--out /dev/null is a file, not a directory"),
+    ("out-unwritable", ["train", T, "--out", "{a-file}/sub"], r"cannot write into --out .*a-file/sub: Not a directory"),
+    ("out-holds-a-run", ["train", T, "--out", "{run}"], r"already holds a run; pass --resume to continue it"),
+    # resuming
+    ("resume-no-out", ["train", "--resume"], r"--resume needs --out DIR"),
+    ("resume-nothing", ["train", "--resume", "--out", "{dir}/nowhere"], r"nothing to resume: .*nowhere"),
+    ("resume-changed-batch", ["train", "--resume", "--out", "{run}", "--batch-size", "8"],
+     r"flags differ from it: --batch-size \(only --epochs"),
+    ("resume-changed-method", ["train", "--resume", "--out", "{run}", "--method", "sgr"],
+     r"flags differ from it: --method"),
+    ("resume-zero-epochs", ["train", "--resume", "--out", "{run}", "--epochs", "0"], r"--epochs must be a positive"),
+    ("resume-truncated", ["train", "--resume", "--out", "{truncated}"],
+     r"checkpoint.pt is not a complete torch file \(truncated"),
+    ("resume-corrupted", ["train", "--resume", "--out", "{corrupted}"], r"checkpoint.pt is corrupted: member .* CRC"),
+    ("resume-crafted", ["train", "--resume", "--out", "{crafted}"],
+     r"checkpoint.pt refused: it holds objects other than tensors and plain data"),
+    ("resume-other-model", ["train", "--resume", "--out", "{other-model}"],
+     r"does not fit this run \(resnet20, 2 modules\): .*size mismatch"),
+    ("resume-not-ours", ["train", "--resume", "--out", "{not-ours}"], r"is not a locallearn checkpoint"),
+    ("resume-a-list", ["train", "--resume", "--out", "{a-list}"], r"is not a locallearn checkpoint"),
+    ("resume-old-format", ["train", "--resume", "--out", "{old-format}"], r"has checkpoint format 1"),
+    ("resume-empty", ["train", "--resume", "--out", "{empty-checkpoint}"], r"is not a complete torch file"),
+    ("resume-text", ["train", "--resume", "--out", "{text-checkpoint}"], r"is not a complete torch file"),
+    # config files
+    ("config-missing", ["train", "--config", "{dir}/nowhere.json"], r"cannot read --config .*nowhere.json"),
+    ("config-bad-json", ["train", "--config", "{config-bad-json}"], r"cannot read --config"),
+    ("config-a-list", ["train", "--config", "{config-a-list}"], r"unknown settings \(not a JSON object\)"),
+    ("config-unknown", ["train", "--config", "{config-unknown}"], r"unknown settings learning_rate"),
+    ("config-momentum-text", ["train", "--config", "{config-momentum-abc}"], r"--momentum must be a number, got 'abc'"),
+    ("config-modules-float", ["train", "--config", "{config-modules-float}"],
+     r"--modules must be an integer or null, got 2.5"),
+    ("config-kwargs-string", ["train", "--config", "{config-kwargs-string}"],
+     r"--model-kwargs must be a mapping of key=value settings, got 'w=3'"),
+    ("config-kwargs-key", ["train", "--config", "{config-kwargs-key}"], r"--model-kwargs: '1x' is not a setting name"),
+    ("config-lr-bool", ["train", "--config", "{config-lr-bool}"], r"--lr must be a number, got True"),
+    ("config-seed-string", ["train", "--config", "{config-seed-string}"], r"--seed must be an integer, got '1'"),
+    ("config-option-type", ["train", "--config", "{config-option-type}"], r"--sgr-lambda must be a number, got 'x'"),
+    ("config-option-choice", ["train", "--config", "{config-option-choice}"], r"--guess must be one of: local"),
+    ("config-option-foreign", ["train", "--config", "{config-option-foreign}"],
+     r"--sgr-lambda does not apply to method dgl"),
+    # analyses read other people's runs
+    ("analyze-no-run", ["analyze", "gradients", "{dir}/nowhere"], r"holds no run: .*checkpoint.pt does not exist"),
+    ("analyze-crafted", ["analyze", "gradients", "{crafted}"], r"refused: it holds objects other than tensors"),
+    ("analyze-corrupted", ["analyze", "probe", "{corrupted}"], r"is corrupted: member .* CRC"),
+    ("analyze-crafted-reference", ["analyze", "cka", "{run}", "--reference", "{crafted}", "--output",
+                                   "{dir}/cka.png"], r"refused: it holds objects other than tensors"),
+    # bench
+    ("bench-variant-option", ["bench", T, "--methods", "dgl:bogus=1", "--out", "{dir}/new-bench"],
+     r"method variant 'dgl:bogus=1': dgl has no option 'bogus'"),
+    ("bench-no-methods", ["bench", T, "--methods", ",", "--out", "{dir}/new-bench"], r"--methods needs at least one"),
+    ("bench-too-many-modules", ["bench", T, "--methods", "dgl", "--modules", "99", "--out", "{dir}/new-bench"],
+     r"--modules 99: resnet20 has 10 layers"),
+    ("bench-unknown-method", ["bench", T, "--methods", "sgd", "--out", "{dir}/new-bench"], r"unknown method 'sgd'"),
+    ("bench-variant-value", ["bench", T, "--methods", "sgr:sgr-lambda=big", "--out", "{dir}/new-bench"],
+     r"sgr-lambda expects a float, got 'big'"),
+    ("bench-out-holds-a-bench", ["bench", T, "--methods", "dgl", "--out", "{bench}"],
+     r"already holds a bench; choose another --out \(found: bench.json\)"),
+    ("bench-out-is-a-file", ["bench", T, "--methods", "dgl", "--out", "{a-file}"], r"is a file, not a directory"),
+]
+
+
+def _expand(template: list, world: dict, out: str) -> list:
+    args = []
+    for part in template:
+        if part == T:
+            args += TINY
+        else:
+            args.append(re.sub(r"\{([\w.-]+)\}", lambda m: str(world[m.group(1)]), part))
+    if args[0] == "train" and "--out" not in args and "--resume" not in args:
+        args += ["--out", out]
+    return args
+
+
+@pytest.mark.parametrize("case,template,message", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_loses_nothing(case, template, message, world, tmp_path, capsys):
+    before = _snapshot(world["run"])
+    out = str(tmp_path / "out")
+    try:
+        code = main(_expand(template, world, out))
+    except SystemExit as exit_:  # argparse
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert re.match(r"locallearn( \w+)?: error: ", err), err
+    assert re.search(message, err), err
+    assert _snapshot(world["run"]) == before  # an existing run is never touched
+    assert not any((Path(out) / name).exists() for name in RUN_FILES)
+    assert not world["marker"].exists()  # no file ever ran code
+
+
+def test_the_crafted_checkpoint_really_carries_a_payload(world):
+    """The refusals above mean something: unpickled without weights_only, the file runs its code."""
+    path = Path(world["crafted"]) / CHECKPOINT_NAME
+    torch.load(path, weights_only=False)
+    assert world["marker"].exists()
+    world["marker"].unlink()
+
+
+def test_a_zero_byte_mnist1d_cache_is_regenerated(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LOCALLEARN_CACHE", str(tmp_path))
+    from locallearn.data.mnist1d import load_mnist1d
+
+    first = load_mnist1d(samples=100)
+    cached = list(tmp_path.glob("mnist1d-100-*.npz"))
+    assert len(cached) == 1
+    cached[0].write_bytes(b"")
+    again = load_mnist1d(samples=100)
+    assert torch.equal(first.x_train, again.x_train) and cached[0].stat().st_size > 0
+
+
+def test_a_copied_run_keeps_working_after_bad_resumes(world, tmp_path, capsys):
+    """After every refusal above, the finished run still resumes (and has nothing left to do)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(world["run"], copy)
+    assert main(["train", "--resume", "--out", str(copy), "--no-progress"]) == 0
+    assert json.loads((copy / "result.json").read_text())["steps"] == 4
