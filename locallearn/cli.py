@@ -124,13 +124,16 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool) -> None:
     data.add_argument("--dataset", help=f"dataset (default: {d.dataset}); one of: {dataset_choices()}")
     data.add_argument("--dataset-kwargs", nargs="*", metavar="KEY=VALUE",
                       help="dataset arguments: mnist1d samples=, seed=; synthetic shape=3x8x8 classes= train= "
-                           "test= noise= seed=; npz layout=; image folders size= workers=")
-    data.add_argument("--data-dir", help=f"where the named image datasets live (default: {d.data_dir})")
+                           "test= noise= seed=; mnist, fashion-mnist, kmnist train=N test=N (seeded subsets) "
+                           "seed=; npz layout=; image folders size= workers=")
+    data.add_argument("--data-dir", help=f"where the named image datasets live (default: {d.data_dir}; MNIST-format "
+                                         "ones are also looked for in /usr/share/datasets/<name>)")
     data.add_argument("--download", action="store_true", default=None,
-                      help="download a named dataset into --data-dir if it is missing (needs internet)")
+                      help="download a named dataset into --data-dir if it is missing (needs internet and "
+                           "torchvision)")
     data.add_argument("--augment", choices=AUGMENT_CHOICES,
-                      help="batch augmentation (default: crop-flip for CIFAR/STL/ImageNet, crop for digit "
-                           "datasets, none for mnist1d, synthetic and .npz)")
+                      help="batch augmentation (default: crop-flip for CIFAR/STL/ImageNet, crop for SVHN and "
+                           "MNIST, none for Fashion-MNIST, KMNIST, mnist1d, synthetic and .npz)")
 
     opt = parser.add_argument_group("optimization")
     opt.add_argument("--epochs", type=int, help=f"epochs (per module for greedy) (default: {d.epochs})")

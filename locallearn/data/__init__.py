@@ -1,13 +1,14 @@
 """Datasets: `load_dataset(name, data_dir, download, **kwargs)` returns a data source with
 `input_shape`, `num_classes`, `default_augment`, `steps_per_epoch`, `train_batches`, `test_batches`.
 
-| name                     | source                                                   |
-|--------------------------|----------------------------------------------------------|
-| mnist1d (default)        | generated offline from the mnist1d package's templates  |
-| synthetic                | seeded random data of any shape (tests)                  |
-| path/to/file.npz         | your arrays x_train, y_train, x_test, y_test             |
-| cifar10, cifar100, svhn, stl10, mnist, fashion-mnist | torchvision, from --data-dir  |
-| imagenet, imagenette, path/to/folder | train/ and val/ class folders (torchvision)  |
+| name                                 | source                                                  |
+|--------------------------------------|---------------------------------------------------------|
+| mnist1d (default)                    | generated offline from the mnist1d package's templates  |
+| synthetic                            | seeded random data of any shape (tests)                 |
+| path/to/file.npz                     | your arrays x_train, y_train, x_test, y_test            |
+| mnist, fashion-mnist, kmnist         | idx files, --data-dir then /usr/share/datasets (idx.py) |
+| cifar10, cifar100, svhn, stl10       | torchvision, from --data-dir                            |
+| imagenet, imagenette, path/to/folder | train/ and val/ class folders (torchvision)             |
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .augment import AUGMENT_CHOICES
+from .idx import IDX_DATASETS, load_idx_dataset
 from .mnist1d import load_mnist1d
 from .npz import load_npz
 from .source import TensorData
@@ -22,7 +24,7 @@ from .synthetic import load_synthetic
 from .vision import FOLDERS, IN_MEMORY, default_workers, load_folder, load_named_folder, load_torchvision
 
 BUILTIN = ("mnist1d", "synthetic")
-DATASET_NAMES = BUILTIN + tuple(IN_MEMORY) + tuple(FOLDERS)
+DATASET_NAMES = BUILTIN + tuple(IN_MEMORY) + tuple(IDX_DATASETS) + tuple(FOLDERS)
 
 
 def dataset_choices() -> str:
@@ -37,6 +39,8 @@ def load_dataset(name: str, data_dir: str = "data", download: bool = False, **kw
             return load_synthetic(**kwargs)
         if name.endswith(".npz"):
             return load_npz(name, **kwargs)
+        if name in IDX_DATASETS:
+            return load_idx_dataset(name, data_dir, download, **kwargs)
         if name in IN_MEMORY:
             return load_torchvision(name, data_dir, download, **kwargs)
         if name in FOLDERS:

@@ -1,9 +1,9 @@
 """The named image datasets, read with torchvision (the optional extra `locallearn[vision]`).
 
-Small datasets (CIFAR-10/100, SVHN, STL-10, MNIST, Fashion-MNIST) are loaded into memory as
-uint8 tensors and augmented on batches like every other TensorData. Image folders (ImageNet,
-Imagenette, or any directory with train/ and val/ class folders) stream through a DataLoader
-with torchvision's per-image transforms.
+Small datasets (CIFAR-10/100, SVHN, STL-10) are loaded into memory as uint8 tensors and
+augmented on batches like every other TensorData. Image folders (ImageNet, Imagenette, or any
+directory with train/ and val/ class folders) stream through a DataLoader with torchvision's
+per-image transforms. MNIST, Fashion-MNIST and KMNIST need no torchvision: see idx.py.
 """
 from __future__ import annotations
 
@@ -23,8 +23,6 @@ IN_MEMORY = {
     "cifar100": ("CIFAR100", "cifar-100-python/", "crop-flip"),
     "svhn": ("SVHN", "train_32x32.mat and test_32x32.mat", "crop"),
     "stl10": ("STL10", "stl10_binary/", "crop-flip"),
-    "mnist": ("MNIST", "MNIST/raw/", "crop"),
-    "fashion-mnist": ("FashionMNIST", "FashionMNIST/raw/", "crop"),
 }
 FOLDERS = {"imagenet": ("imagenet", 224), "imagenette": ("imagenette2", 160)}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -62,9 +60,7 @@ def load_torchvision(dataset: str, data_dir: str, download: bool) -> TensorData:
     arrays = {}
     for split, ds in splits.items():
         x = torch.as_tensor(np.asarray(ds.data))
-        if x.dim() == 3:  # (N, H, W) grey images
-            x = x.unsqueeze(1)
-        elif dataset.startswith("cifar"):  # (N, H, W, C)
+        if dataset.startswith("cifar"):  # (N, H, W, C); SVHN and STL-10 are stored (N, C, H, W)
             x = x.permute(0, 3, 1, 2).contiguous()
         labels = ds.labels if hasattr(ds, "labels") else ds.targets
         arrays[split] = (x, torch.as_tensor(np.asarray(labels), dtype=torch.int64))
