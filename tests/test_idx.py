@@ -37,7 +37,7 @@ def make_dataset(folder, n_train=24, n_test=12, shape=(28, 28), seed=0, gz_train
     """Random images and labels written as the four idx files; returns the arrays."""
     rng = np.random.default_rng(seed)
     arrays = {"train_x": rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
-              "train_y": rng.integers(0, 10, n_train).astype(np.uint8),
+              "train_y": rng.permutation(np.arange(n_train) % 10).astype(np.uint8),  # every class in training
               "test_x": rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
               "test_y": rng.integers(0, 10, n_test).astype(np.uint8)}
     for key, array in arrays.items():
@@ -100,13 +100,13 @@ def test_where_the_files_are_found(tmp_path, monkeypatch):
 
 def test_train_and_test_subsets_are_seeded_rows_of_the_files(tmp_path):
     arrays = make_dataset(tmp_path / "mnist", n_train=40, n_test=20)
-    data = load_dataset("mnist", data_dir=str(tmp_path), train=10, test=5)
-    assert (data.num_train, data.num_test) == (10, 5)
+    data = load_dataset("mnist", data_dir=str(tmp_path), train=30, test=5)
+    assert (data.num_train, data.num_test) == (30, 5)
     rows = [int(np.flatnonzero((arrays["train_x"] == x.numpy()[0]).all(axis=(1, 2)))[0]) for x in data.x_train]
-    assert rows == sorted(rows) and len(set(rows)) == 10  # distinct rows, in file order
+    assert rows == sorted(rows) and len(set(rows)) == 30  # distinct rows, in file order
     assert data.y_train.tolist() == arrays["train_y"][rows].tolist()  # each image keeps its own label
-    again = load_dataset("mnist", data_dir=str(tmp_path), train=10, test=5)
-    other = load_dataset("mnist", data_dir=str(tmp_path), train=10, test=5, seed=1)
+    again = load_dataset("mnist", data_dir=str(tmp_path), train=30, test=5)
+    other = load_dataset("mnist", data_dir=str(tmp_path), train=30, test=5, seed=1)
     assert torch.equal(again.x_train, data.x_train) and not torch.equal(other.x_train, data.x_train)
     assert_holds(load_dataset("mnist", data_dir=str(tmp_path), test=20), arrays)  # the whole set is the set
     for bad in ({"train": 0}, {"train": 41}, {"test": "all"}, {"train": True}):
