@@ -300,3 +300,12 @@ def test_layerwise_auglocal_keeps_fewer_activations_than_bp():
                               rule_options={"aux_depth": 3})).fit()
     # one module and its auxiliary net are alive at a time, instead of the whole network
     assert aug["peak_activation_bytes"] < 0.6 * bp["peak_activation_bytes"]
+
+
+def test_a_depth_that_merges_every_module_is_a_user_error():
+    one_per_layer = [range(j, j + 1) for j in range(16)]
+    assert len(RULES.get("auglocal")(aux_depth=15).arrange_modules(one_per_layer, 16)) == 2
+    with pytest.raises(UserError, match="no module with an auxiliary net"):
+        RULES.get("auglocal")(aux_depth=16).arrange_modules(one_per_layer, 16)
+    # the former layout keeps every module: its nets near the top copy all the layers after them
+    assert len(RULES.get("auglocal")(aux_depth=16, aux_layout="layer").arrange_modules(one_per_layer, 16)) == 16

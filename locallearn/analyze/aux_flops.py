@@ -1,7 +1,7 @@
 """Forward cost of AugLocal's auxiliary networks, with and without pyramidal depth (Table 7, Figure 5).
 
     locallearn analyze aux-flops --model resnet110                     # Table 7: d = 2..6 at tau = 0.5
-    locallearn analyze aux-flops --model resnet110 --aux-depth 6,7,8,9,10 \\
+    locallearn analyze aux-flops --model resnet110 --aux-depth 5,6,7,8,9 \\
         --pyramid-decay 0.6,0.7,0.8,0.9,1.0                            # Figure 5
 
 For every depth d (the paper's unit: copied layers + the classifier) and decay tau, the modules

@@ -43,8 +43,8 @@ class AugLocal(LocalRule):
                                "INCLUDING the linear classifier, i.e. d-1 copied later layers + classifier "
                                "(>= 2; the paper reports d = 2..6)")
     pyramid_decay: float = option(0.5, "AugLocal: pyramidal-depth decay tau in [0, 1]: the depth falls linearly "
-                                       "over the modules from d at the first to d(1-tau)+tau*d_min at the last "
-                                       "with an auxiliary net (0: off; 0.5 is the authors' setting)")
+                                       "over the modules, from d at the first to d(1-tau)+tau*d_min at the last "
+                                       "module with an auxiliary net (0: off; 0.5 is the authors' setting)")
     min_depth: int = option(2, "AugLocal: smallest depth d_min that pyramidal depth may give, in the unit of "
                                "--aux-depth (classifier included; 2 = one copied layer, the authors' minimum)")
     aux_layout: str = option("authors", "AugLocal: which modules get an auxiliary net: authors (the authors' code: "
@@ -83,7 +83,12 @@ class AugLocal(LocalRule):
 
     def arrange_modules(self, ranges: list[range], n_layers: int) -> list[range]:
         if self.aux_layout == "authors":
-            ranges = auxnets.authors_layout(ranges, n_layers, self.n_copies)
+            merged = auxnets.authors_layout(ranges, n_layers, self.n_copies)
+            if len(merged) == 1 < len(ranges):
+                raise UserError(f"--aux-depth {self.aux_depth} leaves no module with an auxiliary net: every "
+                                f"module's net would copy all the layers after it; with the authors' layout "
+                                f"choose d < {n_layers - (ranges[0].stop - 1)} for this split, or --aux-layout layer")
+            ranges = merged
         self._n_modules = len(ranges)
         return ranges
 
