@@ -21,9 +21,9 @@ case $what in
     for head in conv linear; do
       $ll bench "${img[@]}" --model resnet32 --methods bp,dgl,sgr --modules 3,16 --head $head --max-steps 6 --out "$out/resnet32-$head"
     done ;;
-  auglocal)  # issue 4: layer-wise; memory on ResNet-110 (d=2), time on ResNet-32
-    $ll bench "${img[@]}" --model resnet110 --split layer --methods bp,dgl,auglocal:aux-depth=2 --max-steps 1 --out "$out/resnet110"
-    $ll bench "${img[@]}" --model resnet32 --split layer --methods bp,dgl,auglocal:aux-depth=2 --max-steps 8 --out "$out/resnet32" ;;
+  auglocal)  # issue 4: layer-wise, d=3 in the authors' layout (the default) and the former one; memory on ResNet-110, time on ResNet-32
+    $ll bench "${img[@]}" --model resnet110 --split layer --methods bp,dgl,auglocal:aux-depth=3,auglocal:aux-depth=3:aux-layout=layer --max-steps 1 --out "$out/resnet110"
+    $ll bench "${img[@]}" --model resnet32 --split layer --methods bp,dgl,auglocal:aux-depth=3,auglocal:aux-depth=3:aux-layout=layer --max-steps 8 --out "$out/resnet32" ;;
   backlink)  # issue 5: l = 1..4 over dgl at K = 2, 4, 8, 16 (l must fit the smallest linked module)
     for model in resnet32 resnet110; do
       if [ $model = resnet32 ]; then layers=16 steps=8; else layers=55 steps=4; fi

@@ -23,9 +23,9 @@ case $what in
   bpfree)  # issue 3: the BP-free table (SGR Table 4) on a 4-layer MLP, one module per layer
     $ll bench --model mlp --split layer --epochs 20 --seeds 0,1,2 --threads 1 --no-progress --no-measure --out "$out" \
       --methods bp,fa,dfa,drtp,pepita,layerwise-bpfree,sgr-bpfree,sgr-bpfree:sgr-lambda=100,sgr-bpfree:sgr-lambda=1000,sgr-bpfree:sgr-reduction=sum:sgr-lambda=1 ;;
-  auglocal)  # issue 4: the layer-wise setting, AugLocal d=1,2,3 against its baselines
+  auglocal)  # issue 4: the layer-wise setting, AugLocal d=2,3,4 (the paper's d, classifier included) against its baselines; d=3 also in the former layout
     $ll bench "${narrow_cnn[@]}" "${common[@]}" --split layer \
-      --methods bp,dgl,dgl:head=dgl,infopro,infopro:recon-weight-first=1:recon-weight-last=0:ce-weight-first=1:ce-weight-last=1,predsim,auglocal:aux-depth=1,auglocal:aux-depth=2,auglocal:aux-depth=3 ;;
+      --methods bp,dgl,dgl:head=dgl,infopro,infopro:recon-weight-first=1:recon-weight-last=0:ce-weight-first=1:ce-weight-last=1,predsim,auglocal:aux-depth=2,auglocal:aux-depth=3,auglocal:aux-depth=4,auglocal:aux-depth=3:aux-layout=layer ;;
   backlink)  # issue 5: K=8 modules of 2 layers; alpha=1 is dgl exactly, so it is the dgl row
     methods=bp,dgl
     for l in 1 2; do for a in 0 0.25 0.5 0.75; do methods+=",backlink:link-length=$l:link-alpha=$a"; done; done

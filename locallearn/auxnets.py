@@ -1,13 +1,15 @@
 """Auxiliary networks built from the primary network's own later layers (AugLocal, Ma et al., ICLR 2024).
 
-For the hidden layer j of a network of L layers, AugLocal (section 3.2) selects d later layers
+For the hidden layer j of a network of L layers, AugLocal (section 3.2) selects c later layers
 
-    idx_i = round(j + (L - j - 1) * i / d),   i = 1..d        (all later layers when d >= L-1-j)
+    idx_i = round(j + (L - j - 1) / c * i),   i = 1..c        (all later layers when c >= L-1-j)
 
 and builds the auxiliary network from *fresh copies of their architectures* (no weight sharing,
-re-initialised), followed by a copy of the primary classifier (global average pooling + linear).
-When two neighbouring copies do not fit, the input channels of the later one are changed to the
-output channels of the one before, and the copy down-samples where the primary network does.
+re-initialised), followed by a copy of the primary classifier (global average pooling + linear;
+with a BatchNorm1d before the linear when c <= 1, as in the authors' code). c is the number of
+copies, the paper's depth d minus one (d counts the classifier too). When two neighbouring copies
+do not fit, the input channels of the later one are changed to the output channels of the one
+before, and the copy down-samples where the primary network does.
 
 Everything here is generic over `LayeredModel`: a layer is deep-copied, the convs / linears / BNs
 that read the layer's input are rebuilt for the new number of input channels, strides are set so
@@ -15,14 +17,14 @@ that the auxiliary network follows the primary network's resolution schedule, an
 are re-initialised. How that maps to the paper's "stride 2 where channels double" is explained in
 `docs/methods/auglocal.md`; on the CIFAR ResNets both give the same networks.
 
-Also here: the depths of pyramidal depth (eq. 3), the selections of the Table 5 ablations, the
+Also here: the depths of pyramidal depth (eq. 3), the authors' layout of the modules (the top
+layers train with the primary classifier), the selections of the Table 5 ablations, the
 width-matched C11 / C33 conv stacks, and `forward_flops` (per-sample forward FLOPs).
 """
 from __future__ import annotations
 
 import copy
 import math
-from fractions import Fraction
 from typing import Callable, Sequence
 
 import torch
@@ -43,52 +45,71 @@ _ADAPTIVE_AVG = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d}
 
 
 # --------------------------------------------------------------------------------------- which layers
-def uniform_indices(j: int, n_layers: int, depth: int) -> list[int]:
-    """AugLocal's uniform selection (section 3.2): idx_i = round(j + (L-j-1) i / d), i = 1..d.
+# Units: the paper's depth d counts an auxiliary net's trainable layers *including* its linear
+# classifier (section 4.1, eq. 2; A.6: "d = 6 equals the depth of DGL"); what is built here is
+# d - 1 copied layers + the classifier. Every function of this file counts *copies* (`n_copies`);
+# the rule's flags (--aux-depth, --min-depth) are in the paper's unit and converted once, in
+# rules/auglocal.py.
+LAYOUTS = ("authors", "layer")
 
-    Computed with exact fractions and Python's `round` (half to even), which is what the authors'
-    code computes: ResNet-32, j=2, d=2 gives 2 + 13/2 = 8.5 -> 8. The last index is always L-1.
+
+def uniform_indices(j: int, n_layers: int, n_copies: int) -> list[int]:
+    """AugLocal's uniform selection (section 3.2): idx_i = round(j + (L-j-1)/c * i), i = 1..c.
+
+    Computed in floating point and rounded with Python's `round` (half to even), in the order of
+    the authors' code: ResNet-32, j=2, c=2 gives 2 + 13/2 = 8.5 -> 8. The last index is always L-1.
     """
     later = n_layers - 1 - j
     if later < 1:
         raise ValueError(f"layer {j} of {n_layers} has no later layers to build an auxiliary network from")
-    if depth >= later:
+    if n_copies >= later:
         return list(range(j + 1, n_layers))
-    return [round(j + Fraction(later * i, depth)) for i in range(1, depth + 1)]
+    return [round(j + later / n_copies * i) for i in range(1, n_copies + 1)]
 
 
-def selected_indices(selection: str, j: int, n_layers: int, depth: int) -> list[int]:
+def selected_indices(selection: str, j: int, n_layers: int, n_copies: int) -> list[int]:
     """The later layers whose architectures make the auxiliary network of layer j (Table 5).
 
     uniform     the method (idx_i above)
-    sequential  the next d layers j+1 .. j+d (fewer near the top)
-    repetitive  layer j+1 repeated d times
+    sequential  the next c layers j+1 .. j+c (fewer near the top)
+    repetitive  layer j+1 repeated c times
     c11, c33    the uniform layers: the conv stack follows their depth and resolution schedule
     """
     if n_layers - 1 - j < 1:
         raise ValueError(f"layer {j} of {n_layers} has no later layers to build an auxiliary network from")
     if selection in ("uniform", "c11", "c33"):
-        return uniform_indices(j, n_layers, depth)
+        return uniform_indices(j, n_layers, n_copies)
     if selection == "sequential":
-        return list(range(j + 1, min(j + depth, n_layers - 1) + 1))
+        return list(range(j + 1, min(j + n_copies, n_layers - 1) + 1))
     if selection == "repetitive":
-        return [j + 1] * depth
+        return [j + 1] * n_copies
     raise UserError(f"unknown --aux-selection {selection!r}; choose one of: {', '.join(SELECTIONS)}")
 
 
-def pyramid_depth(depth: int, j: int, n_layers: int, decay: float, min_depth: int = 1) -> int:
-    """Pyramidal depth (eq. 3) of the auxiliary network of hidden layer j (0 .. L-2):
+def pyramid_depth(n_copies: int, k: int, n_modules: int, decay: float, min_copies: int = 1) -> int:
+    """Pyramidal depth (eq. 3): the copies in the auxiliary network of module k of K (k = 0 .. K-2),
 
-        d_j = max(d_min, round(d (1 - tau j / (L-2)) + d_min tau j / (L-2)))
+        c_k = max(c_min, round(c (1 - tau k / (K-2)) + c_min tau k / (K-2)))
 
-    d at the first layer, falling linearly to d (1 - tau) + tau d_min at the last hidden layer,
-    never below d_min; tau = 0 switches it off. This is the authors' code (with their minimum 1)
-    written for the layer index; in the layer-wise setting it is their module index too.
+    c at the first module, falling linearly to c (1 - tau) + tau c_min at the last module with an
+    auxiliary network (k = K-2), never below c_min; tau = 0 switches it off. This is the authors'
+    formula (their minimum is one copy), over the local modules that the layout leaves: with the
+    authors' layout and one layer per module, K = L - c, so the position is j / (L - c - 2).
+    Written in copies; in the paper's unit (copies + 1) the same formula holds with d and d_min.
     """
-    if n_layers <= 2:
-        return depth
-    fraction = j * decay / (n_layers - 2)
-    return max(min_depth, round(depth * (1 - fraction) + fraction * min_depth))
+    if n_modules <= 2:
+        return n_copies
+    fraction = k * decay / (n_modules - 2)
+    return max(min_copies, round(n_copies * (1 - fraction) + fraction * min_copies))
+
+
+def authors_layout(ranges: Sequence[range], n_layers: int, n_copies: int) -> list[range]:
+    """The modules of the authors' layout: a module whose auxiliary net would copy *all* the layers
+    after it (L-1-j <= c for its last layer j) gets none; it joins the last module, whose layers
+    then train together with the primary classifier. One layer per module gives the authors'
+    `local_module_num = L - c`: modules 0 .. L-c-2 of one layer, then layers L-c-1 .. L-1."""
+    kept = [r for r in ranges[:-1] if n_layers - 1 - (r.stop - 1) > n_copies]
+    return kept + [range(ranges[len(kept)].start, n_layers)]
 
 
 # ------------------------------------------------------------------------------- shapes and FLOPs
@@ -273,14 +294,33 @@ def _resolution_plan(current: Sequence[int], built_for: Sequence[int], target: S
     return None
 
 
-def copy_classifier(model: LayeredModel, in_shape: Sequence[int]) -> nn.Module:
-    """A fresh copy of the primary classifier's kind (e.g. global average pooling + linear)."""
-    return copy_architecture(model.classifier, model.layer_shapes[-1], in_shape, model.num_classes)
+def copy_classifier(model: LayeredModel, in_shape: Sequence[int], normalise: bool = False) -> nn.Module:
+    """A fresh copy of the primary classifier's kind (e.g. global average pooling + linear).
+
+    normalise=True puts a BatchNorm1d on the features before the linear layer, as the authors'
+    code does for auxiliary nets of at most one copied layer (their `aux_net_depth <= 1`)."""
+    head = copy_architecture(model.classifier, model.layer_shapes[-1], in_shape, model.num_classes)
+    if not normalise:
+        return head
+    name = [n for n, m in head.named_modules() if isinstance(m, nn.Linear)][-1]
+    linear = head.get_submodule(name)
+    normalised = nn.Sequential(nn.BatchNorm1d(linear.in_features), linear)
+    if not name:  # the classifier is a single linear layer (mlp, AlexNet)
+        return normalised
+    _set_submodule(head, name, normalised)
+    return head
 
 
-def augmented_aux_net(model: LayeredModel, j: int, indices: Sequence[int]) -> nn.Sequential:
+def normalises_features(n_copies: int) -> bool:
+    """The authors' classifier of an auxiliary net with at most one copied layer (the paper's d = 2)
+    has a BatchNorm1d before its linear layer."""
+    return n_copies <= 1
+
+
+def augmented_aux_net(model: LayeredModel, j: int, indices: Sequence[int], normalise: bool = False) -> nn.Sequential:
     """Fresh copies of `model.layers[idx]` for idx in `indices`, chained after layer j, then a copy
-    of the classifier: the auxiliary network g_j of AugLocal (section 3.2)."""
+    of the classifier (with `normalise`, BatchNorm1d before its linear): the auxiliary network g_j
+    of AugLocal (section 3.2)."""
     shape = tuple(model.layer_shapes[j])
     parts: list[nn.Module] = []
     for idx in indices:
@@ -290,7 +330,7 @@ def augmented_aux_net(model: LayeredModel, j: int, indices: Sequence[int]) -> nn
                                  _resolution_plan(shape, built_for, target))
         shape = _checked_shape(part, shape, target[0], f"the copy of layer {idx} in the auxiliary net of layer {j}")
         parts.append(part)
-    parts.append(copy_classifier(model, shape))
+    parts.append(copy_classifier(model, shape, normalise))
     return nn.Sequential(*parts)
 
 
@@ -305,7 +345,8 @@ def _checked_shape(part: nn.Module, in_shape, channels: int, what: str) -> tuple
 
 
 # --------------------------------------------------------------------------- C11 / C33 ablations
-def conv_stack_aux_net(model: LayeredModel, j: int, reference: nn.Sequential, kernel: int) -> nn.Sequential:
+def conv_stack_aux_net(model: LayeredModel, j: int, reference: nn.Sequential, kernel: int,
+                       normalise: bool = False) -> nn.Sequential:
     """Table 5's C11 / C33: as many conv-BN-ReLU layers (kernel 1 or 3) as `reference` (the uniform
     auxiliary net) has copies, down-sampling at the same places, then the classifier's kind; one
     width for all layers, the one whose forward FLOPs come closest to the reference's."""
@@ -337,7 +378,7 @@ def conv_stack_aux_net(model: LayeredModel, j: int, reference: nn.Sequential, ke
 
     layers = conv_layers(_closest(flops_at, forward_flops(reference, in_shape), high=16384))
     out_shape = output_shape(nn.Sequential(*layers), in_shape) if layers else in_shape
-    net = nn.Sequential(*layers, copy_classifier(model, out_shape))
+    net = nn.Sequential(*layers, copy_classifier(model, out_shape, normalise))
     init_weights(net)
     return net
 
@@ -356,10 +397,12 @@ def _closest(cost: Callable[[int], int], target: int, high: int) -> int:
     return low
 
 
-def build_aux_net(model: LayeredModel, j: int, depth: int, selection: str = "uniform") -> nn.Sequential:
-    """The auxiliary network of hidden layer j with `depth` layers under a Table 5 selection."""
-    indices = selected_indices(selection, j, len(model.layers), depth)
-    uniform = augmented_aux_net(model, j, indices)
+def build_aux_net(model: LayeredModel, j: int, n_copies: int, selection: str = "uniform") -> nn.Sequential:
+    """The auxiliary network of hidden layer j with `n_copies` copied layers (the paper's d - 1)
+    under a Table 5 selection, with the authors' classifier for that depth."""
+    indices = selected_indices(selection, j, len(model.layers), n_copies)
+    normalise = normalises_features(n_copies)
+    uniform = augmented_aux_net(model, j, indices, normalise)
     if selection in ("c11", "c33"):
-        return conv_stack_aux_net(model, j, uniform, kernel=1 if selection == "c11" else 3)
+        return conv_stack_aux_net(model, j, uniform, 1 if selection == "c11" else 3, normalise)
     return uniform

@@ -173,6 +173,7 @@ class Trainer:
             raise UserError(f"method {cfg.method} trains the network end to end: use --modules 1 "
                             "(or method checkpoint for BP with one checkpoint per module)")
         ranges = split_layers(len(model.layers), model.stages, cfg.split, n_modules, cfg.model)
+        ranges = self.rule.arrange_modules(ranges, len(model.layers))
         make_head = None
         if self.rule.uses_aux_heads:
             make_head = lambda k, layers: self.rule.build_head(model, k, layers, cfg.head, cfg.head_kwargs)

@@ -1,5 +1,8 @@
 """AugLocal: layer selection (section 3.2), copies of later layers, pyramidal depth (eq. 3), the
-Table 5 ablations, the local loss and the Table 13 combination with InfoPro."""
+Table 5 ablations, the local loss and the Table 13 combination with InfoPro. The comparison with
+the authors' code (layout, depths, classifier, Table 7) is in test_auglocal_reference.py.
+
+auxnets counts copied layers (c); the rule's --aux-depth is the paper's d = c + 1."""
 import math
 
 import pytest
@@ -49,25 +52,26 @@ def test_ablation_selections():
 
 
 # --------------------------------------------------------------------------------- pyramidal depth
-@pytest.mark.parametrize("depth,decay,min_depth,n_layers", [(5, 0.5, 1, 16), (9, 1.0, 1, 55), (6, 0.6, 2, 55),
-                                                             (3, 0.8, 1, 10), (2, 0.5, 1, 16), (4, 0.0, 1, 16)])
-def test_pyramidal_depths_fall_monotonically_to_the_formula(depth, decay, min_depth, n_layers):
-    depths = [auxnets.pyramid_depth(depth, j, n_layers, decay, min_depth) for j in range(n_layers - 1)]
-    assert depths[0] == depth
+@pytest.mark.parametrize("copies,decay,min_copies,n_modules", [(5, 0.5, 1, 11), (8, 1.0, 1, 47), (6, 0.6, 2, 49),
+                                                               (3, 0.8, 1, 7), (2, 0.5, 1, 14), (4, 0.0, 1, 12)])
+def test_pyramidal_depths_fall_monotonically_from_c_to_the_last_module(copies, decay, min_copies, n_modules):
+    # the exact depth of every module is compared with the authors' formula in test_auglocal_reference.py
+    depths = [auxnets.pyramid_depth(copies, k, n_modules, decay, min_copies) for k in range(n_modules - 1)]
+    assert depths[0] == copies
     assert all(a >= b for a, b in zip(depths, depths[1:]))
-    assert min(depths) >= min_depth
-    assert depths[-1] == max(min_depth, round(depth * (1 - decay) + decay * min_depth))
-    # the linear interpolation at every layer (eq. 3)
-    for j, d in enumerate(depths):
-        t = decay * j / (n_layers - 2)
-        assert d == max(min_depth, round(depth * (1 - t) + t * min_depth))
+    assert min(depths) >= min_copies
+    assert depths[-1] == max(min_copies, round(copies * (1 - decay) + decay * min_copies))
+    if decay == 0.0:
+        assert set(depths) == {copies}
 
 
 def test_pyramidal_depth_examples():
-    # ResNet-110 (55 layers), d=9, tau=1: 9 at the first layer, 1 at the last hidden layer
-    assert auxnets.pyramid_depth(9, 0, 55, 1.0) == 9 and auxnets.pyramid_depth(9, 53, 55, 1.0) == 1
+    # ResNet-110 with 8 copies (the paper's d = 9), tau = 1: K = 47 modules, 8 copies at the first,
+    # 1 at the last one with an auxiliary net (k = 45)
+    assert auxnets.pyramid_depth(8, 0, 47, 1.0) == 8 and auxnets.pyramid_depth(8, 45, 47, 1.0) == 1
     assert auxnets.pyramid_depth(9, 53, 55, 0.5) == 5     # 9 * 0.5 + 0.5 = 5
     assert auxnets.pyramid_depth(4, 14, 16, 0.0) == 4     # tau = 0: no pyramid
+    assert auxnets.pyramid_depth(4, 0, 2, 1.0) == 4       # one auxiliary net: no slope to follow
 
 
 # ------------------------------------------------------------------------------ the copied layers
@@ -103,8 +107,14 @@ def test_resnet_aux_nets_copy_the_selected_blocks_with_the_authors_strides(name)
                 needs_projection = stride != 1 or cin != cout
                 assert (block.downsample is not None) == needs_projection
                 cin = cout
-            # the head is the primary classifier's kind: global average pooling + linear
-            assert isinstance(classifier[-1], nn.Linear) and classifier[-1].in_features == cin
+            # the head is the primary classifier's kind: global average pooling + linear, with the
+            # authors' BatchNorm1d in front of the linear when one layer is copied
+            if depth == 1:
+                norm, linear = classifier[-1]
+                assert isinstance(norm, nn.BatchNorm1d) and norm.num_features == cin
+            else:
+                linear = classifier[-1]
+            assert isinstance(linear, nn.Linear) and linear.in_features == cin
             h = torch.randn(2, *model.layer_shapes[j])
             assert aux(h).shape == (2, 10)
 
@@ -156,6 +166,28 @@ def test_aux_nets_fit_every_model_of_the_registry(name):
                     assert all(s >= t for s, t in zip(shape[1:], target[1:]))
 
 
+@pytest.mark.parametrize("name", ["resnet32", "vgg11"])
+def test_repetitive_copies_keep_the_resolution_of_the_layer_they_repeat(name):
+    """Table 5's repetitive net repeats layer j+1: when that layer down-samples, only the first copy
+    does (the authors' pending-pool rule: one halving per doubling of the channels), so that the
+    auxiliary net stays at the resolution the primary network has after layer j+1."""
+    model = create_model(name, (3, 16, 16), 10, **({"width": 4} if name == "resnet32" else {"width": 0.05}))
+    n_layers = len(model.layers)
+    strided = [j for j in range(n_layers - 1) if model.layer_shapes[j + 1][1:] != model.layer_shapes[j][1:]]
+    assert strided  # the check below covers layers that down-sample and layers that do not
+    for j in range(n_layers - 1):
+        for n_copies in (1, 2, 4):
+            aux = auxnets.build_aux_net(model, j, n_copies, "repetitive")
+            shape = model.layer_shapes[j]
+            for part in list(aux)[:-1]:
+                shape = auxnets.output_shape(part, shape)
+                assert shape == model.layer_shapes[j + 1], (j, n_copies)
+            if name == "resnet32":
+                strides = [block.conv1.stride[0] for block in list(aux)[:-1]]
+                channels = [model.layer_shapes[j + 1][0]] * n_copies
+                assert strides == _authors_strides(model.layer_shapes[j][0], channels), (j, n_copies)
+
+
 @pytest.mark.parametrize("selection,kernel", [("c11", 1), ("c33", 3)])
 def test_conv_stack_ablations_match_the_uniform_flops(selection, kernel):
     model = create_model("resnet32", (3, 16, 16), 10, width=8)
@@ -180,23 +212,28 @@ def _auglocal(**options):
 
 
 def test_each_module_gets_the_aux_net_of_its_last_layer_and_the_pyramid_depth():
-    trainer = _auglocal(aux_depth=3, pyramid_decay=1.0)
-    model, n_layers = trainer.net.model, len(trainer.net.model.layers)
+    trainer = _auglocal(aux_depth=4, pyramid_decay=1.0)  # the paper's d = 4: three copied layers
+    model, n_layers, n_modules = trainer.net.model, len(trainer.net.model.layers), len(trainer.net)
+    assert n_modules == n_layers - 3  # the authors' layout: the last 4 layers train with the classifier
+    seen = set()
     for module in trainer.net.local_modules[:-1]:
         j = module.layer_range.stop - 1
-        depth = auxnets.pyramid_depth(3, j, n_layers, 1.0)
-        copies = list(module.head)[:-1]
-        assert len(copies) == len(auxnets.uniform_indices(j, n_layers, depth))
-    assert trainer.net[-1].head is model.classifier
+        copies = auxnets.pyramid_depth(3, module.index, n_modules, 1.0)
+        seen.add(copies)
+        assert len(list(module.head)[:-1]) == len(auxnets.uniform_indices(j, n_layers, copies)) == copies
+    assert seen == {1, 2, 3}
+    assert trainer.net[-1].head is model.classifier and len(trainer.net[-1].layer_range) == 4
+    # the former layout: every layer but the last has its own auxiliary net
+    assert len(_auglocal(aux_depth=4, aux_layout="layer").net) == n_layers
     # with an even split the module's last layer decides (layers 0-4 -> j = 4)
-    even = Trainer(tiny_config(method="auglocal", modules=2, rule_options={"aux_depth": 2}))
+    even = Trainer(tiny_config(method="auglocal", modules=2, rule_options={"aux_depth": 3}))
     indices = auxnets.uniform_indices(4, 10, 2)
     assert [b.conv1.out_channels for b in list(even.net[0].head)[:-1]] == \
         [model.layer_shapes[i][0] for i in indices]
 
 
 def test_local_gradient_is_the_cross_entropy_of_the_aux_net_only():
-    trainer = _auglocal(aux_depth=2)
+    trainer = _auglocal(aux_depth=3)
     x, y = next(trainer.data.train_batches(32, 0, "none", torch.Generator()))
     inputs = []
     rule = trainer.rule
@@ -213,7 +250,7 @@ def test_local_gradient_is_the_cross_entropy_of_the_aux_net_only():
 
 
 def test_recon_weight_adds_infopros_reconstruction_of_the_image():
-    trainer = _auglocal(aux_depth=1, recon_weight=0.7)
+    trainer = _auglocal(aux_depth=2, recon_weight=0.7)
     x, y = next(trainer.data.train_batches(32, 0, "none", torch.Generator()))
     messages = []
     rule = trainer.rule
@@ -241,13 +278,14 @@ def test_auglocal_trains_and_runs_from_the_command_line(tmp_path):
 
     code = main(["train", "--method", "auglocal", "--model", "resnet20", "--dataset", "synthetic",
                  "--dataset-kwargs", "shape=3x8x8", "classes=4", "train=64", "test=32", "--model-kwargs", "width=4",
-                 "--split", "layer", "--aux-depth", "2", "--pyramid-decay", "0.5", "--aux-selection", "sequential",
+                 "--split", "layer", "--aux-depth", "3", "--pyramid-decay", "0.5", "--aux-selection", "sequential",
                  "--epochs", "1", "--batch-size", "32", "--threads", "1", "--no-progress", "--out", str(tmp_path / "r")])
     assert code == 0
 
 
 @pytest.mark.parametrize("options,message", [
-    ({"aux_depth": 0}, "aux-depth"), ({"aux_depth": 2, "min_depth": 3}, "min-depth"),
+    ({"aux_depth": 1}, "aux-depth"), ({"aux_depth": 3, "min_depth": 4}, "min-depth"), ({"min_depth": 1}, "min-depth"),
+    ({"aux_layout": "stage"}, "aux-layout"),
     ({"pyramid_decay": 1.5}, "pyramid-decay"), ({"aux_selection": "random"}, "aux-selection"),
     ({"recon_weight": -1.0}, "recon-weight")])
 def test_impossible_options_are_user_errors(options, message):
@@ -259,6 +297,15 @@ def test_layerwise_auglocal_keeps_fewer_activations_than_bp():
     data = {"shape": (3, 16, 16), "classes": 4, "train": 64, "test": 32}
     bp = Trainer(tiny_config(method="bp", modules=1, max_steps=1, dataset_kwargs=data)).fit()
     aug = Trainer(tiny_config(method="auglocal", split="layer", modules=None, max_steps=1, dataset_kwargs=data,
-                              rule_options={"aux_depth": 2})).fit()
+                              rule_options={"aux_depth": 3})).fit()
     # one module and its auxiliary net are alive at a time, instead of the whole network
     assert aug["peak_activation_bytes"] < 0.6 * bp["peak_activation_bytes"]
+
+
+def test_a_depth_that_merges_every_module_is_a_user_error():
+    one_per_layer = [range(j, j + 1) for j in range(16)]
+    assert len(RULES.get("auglocal")(aux_depth=15).arrange_modules(one_per_layer, 16)) == 2
+    with pytest.raises(UserError, match="no module with an auxiliary net"):
+        RULES.get("auglocal")(aux_depth=16).arrange_modules(one_per_layer, 16)
+    # the former layout keeps every module: its nets near the top copy all the layers after them
+    assert len(RULES.get("auglocal")(aux_depth=16, aux_layout="layer").arrange_modules(one_per_layer, 16)) == 16

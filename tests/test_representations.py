@@ -108,29 +108,34 @@ def test_cka_and_probe_of_saved_runs_from_the_command_line(tmp_path):
                                      threads=None, output=str(tmp_path / "x.png")))
 
 
-def test_aux_flops_table_sums_the_heads_that_the_rule_builds():
+@pytest.mark.parametrize("layout", ["authors", "layer"])
+def test_aux_flops_table_sums_the_heads_that_the_rule_builds(layout):
     model = create_model("resnet20", (3, 8, 8), 4, width=4)
     ranges = split_layers(len(model.layers), model.stages, "layer")
-    rows = aux_flops_table(model, ranges, depths=[3], decays=[1.0])
-    flat, pyramid = rows
-    assert flat["pyramid_decay"] == 0.0 and flat["reduction"] == 0.0 and flat["depths"] == [3] * 9
-    assert pyramid["depths"] == [auxnets.pyramid_depth(3, j, 10, 1.0) for j in range(9)]
-    assert 0.0 < pyramid["reduction"] < 1.0 and pyramid["aux_flops"] < flat["aux_flops"]
+    flat, pyramid = aux_flops_table(model, ranges, depths=[4], decays=[0.0, 1.0], layout=layout)
+    n_modules = 10 - 3 if layout == "authors" else 10  # the paper's d = 4: three copies
+    assert flat["tau"] == 0.0 and flat["pyramid_saving_percent"] == 0.0 and flat["module_depths"] == [4] * (n_modules - 1)
+    assert pyramid["modules"] == n_modules and pyramid["module_depths"][0] == 4 and pyramid["module_depths"][-1] == 2
+    assert 0.0 < pyramid["pyramid_saving_percent"] < 100.0 and pyramid["aux_flops"] < flat["aux_flops"]
     assert flat["main_flops"] == auxnets.forward_flops(model, (3, 8, 8))
     # the same numbers as the heads of a real auglocal run
     trainer = Trainer(tiny_config(method="auglocal", split="layer", modules=None,
-                                  rule_options={"aux_depth": 3, "pyramid_decay": 1.0}))
+                                  rule_options={"aux_depth": 4, "pyramid_decay": 1.0, "aux_layout": layout}))
+    assert len(trainer.net) == n_modules
     heads = sum(auxnets.forward_flops(m.head, m.out_shape) for m in trainer.net.local_modules[:-1])
     assert heads == pyramid["aux_flops"]
-    assert pyramid["aux_ratio"] == pytest.approx(pyramid["aux_flops"] / pyramid["main_flops"])
+    assert pyramid["aux_percent"] == pytest.approx(100 * pyramid["aux_flops"] / pyramid["main_flops"])
+    assert pyramid["gmacs_total"] == pytest.approx((pyramid["aux_flops"] + pyramid["main_flops"]) / 2e9)
+    assert pyramid["pyramid_saving_percent"] == pytest.approx(100 * (1 - pyramid["aux_flops"] / flat["aux_flops"]))
 
 
 def test_aux_flops_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "flops.json"
     assert main(["analyze", "aux-flops", "--model", "resnet20", "--model-kwargs", "width=4", "--input-shape", "3x8x8",
-                 "--aux-depth", "1,2", "--pyramid-decay", "0.5,1.0", "--output", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert [(r["aux_depth"], r["pyramid_decay"]) for r in rows] == [(1, 0.0), (1, 0.5), (1, 1.0),
-                                                                    (2, 0.0), (2, 0.5), (2, 1.0)]
+                 "--aux-depth", "2,3", "--pyramid-decay", "0.5,1.0", "--layout", "layer", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["model"], r["layout"], r["depth"], r["tau"]) for r in rows] == \
+        [("resnet20", "layer", d, t) for d in (2, 3) for t in (0.5, 1.0)]
+    assert all({"gmacs_total", "aux_percent"} <= set(r) for r in rows)
     assert "saved by pyramid" in capsys.readouterr().out
     assert main(["analyze", "aux-flops", "--model", "resnet20", "--input-shape", "3xbad"]) == 2

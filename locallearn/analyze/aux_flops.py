@@ -1,13 +1,16 @@
-"""FLOPs of AugLocal's auxiliary networks, with and without pyramidal depth (Table 7, Figure 5).
+"""Forward cost of AugLocal's auxiliary networks, with and without pyramidal depth (Table 7, Figure 5).
 
-    locallearn analyze aux-flops --model resnet110 --input-shape 3x32x32 --aux-depth 5,6,7,8,9 \\
-        --pyramid-decay 0.6,0.7,0.8,0.9,1.0
+    locallearn analyze aux-flops --model resnet110                     # Table 7: d = 2..6 at tau = 0.5
+    locallearn analyze aux-flops --model resnet110 --aux-depth 5,6,7,8,9 \\
+        --pyramid-decay 0.6,0.7,0.8,0.9,1.0                            # Figure 5
 
-For every auxiliary depth d and decay tau, the auxiliary networks of all modules but the last are
-built exactly as `--method auglocal` builds them, and the forward FLOPs of one sample through
-all of them are summed (torch.utils.flop_counter: 2 FLOPs per multiply-add, convs and matmuls),
-then reported as a ratio to the primary network's forward FLOPs, and as the reduction that
-pyramidal depth gives: 1 - FLOPs(tau) / FLOPs(tau = 0), the quantity of Figure 5.
+For every depth d (the paper's unit: copied layers + the classifier) and decay tau, the modules
+are laid out and the auxiliary networks built exactly as `--method auglocal` does (`--layout`
+authors or layer), and the forward FLOPs of one sample through the primary network and all
+auxiliary networks are counted (torch.utils.flop_counter: convs and matmuls). Reported: the total
+in GMACs (multiply-adds, the paper's unit: FLOPs / 2), the auxiliary networks' share of the
+primary network's cost, and the saving of pyramidal depth, 1 - aux(tau) / aux(tau = 0), the
+quantity of Figure 5.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ from ..rules import RULES
 from ..split import split_layers
 from . import ANALYSES, Analysis
 
+TABLE7_DEPTHS = "2,3,4,5,6"
+
 
 def _numbers(text: str, kind: type, flag: str) -> list:
     try:
@@ -31,38 +36,45 @@ def _numbers(text: str, kind: type, flag: str) -> list:
     return values
 
 
-def aux_flops_table(model, ranges: list[range], depths: list[int], decays: list[float], min_depth: int = 1,
-                    selection: str = "uniform") -> list[dict]:
-    """One row per (d, tau): the auxiliary FLOPs, their ratio to the main network, and the saving
-    of pyramidal depth against the same d without it."""
+def aux_flops_table(model, ranges: list[range], depths: list[int], decays: list[float], min_depth: int = 2,
+                    selection: str = "uniform", layout: str = "authors") -> list[dict]:
+    """One row per (d, tau), d in the paper's unit: the modules and their auxiliary depths, the
+    FLOPs of the primary network and of all auxiliary networks, and the saving of pyramidal depth
+    against the same d and layout without it."""
     main = auxnets.forward_flops(model, model.input_shape)
     n_layers = len(model.layers)
     cache: dict[tuple[int, int], int] = {}
 
-    def flops_of(j: int, depth: int) -> int:
-        if (j, depth) not in cache:
-            aux = auxnets.build_aux_net(model, j, depth, selection)
-            cache[j, depth] = auxnets.forward_flops(aux, model.layer_shapes[j])
-        return cache[j, depth]
+    def flops_of(j: int, n_copies: int) -> int:
+        if (j, n_copies) not in cache:
+            aux = auxnets.build_aux_net(model, j, n_copies, selection)
+            cache[j, n_copies] = auxnets.forward_flops(aux, model.layer_shapes[j])
+        return cache[j, n_copies]
+
+    def aux_cost(depth: int, decay: float) -> tuple[list[int], list[range], int]:
+        rule = RULES.get("auglocal")(aux_depth=depth, pyramid_decay=decay, min_depth=min_depth,
+                                     aux_layout=layout, aux_selection=selection)
+        modules = rule.arrange_modules(list(ranges), n_layers)
+        with_aux = modules[:-1]
+        copies = [rule.copies_of(k, len(modules)) for k in range(len(with_aux))]
+        return [c + 1 for c in copies], modules, sum(flops_of(r.stop - 1, c) for r, c in zip(with_aux, copies))
 
     rows = []
     for depth in depths:
-        flat = None
-        for decay in [0.0] + [t for t in decays if t != 0.0]:
-            rule = RULES.get("auglocal")(aux_depth=depth, pyramid_decay=decay, min_depth=min_depth,
-                                         aux_selection=selection)
-            module_depths = [rule.depth_of(r.stop - 1, n_layers) for r in ranges[:-1]]
-            total = sum(flops_of(r.stop - 1, d) for r, d in zip(ranges[:-1], module_depths))
-            flat = total if decay == 0.0 else flat
-            rows.append({"aux_depth": depth, "pyramid_decay": decay, "depths": module_depths, "main_flops": main,
-                         "aux_flops": total, "aux_ratio": total / main,
-                         "reduction": 1 - total / flat if flat else 0.0})
+        flat = aux_cost(depth, 0.0)[2]
+        for decay in decays:
+            module_depths, modules, total = aux_cost(depth, decay)
+            rows.append({"depth": depth, "tau": decay, "layout": layout, "modules": len(modules),
+                         "module_depths": module_depths, "main_flops": main, "aux_flops": total,
+                         "gmacs_total": (main + total) / 2e9, "aux_percent": 100 * total / main,
+                         "pyramid_saving_percent": 100 * (1 - total / flat) if flat else 0.0})
     return rows
 
 
 @ANALYSES.register("aux-flops")
 class AuxFlops(Analysis):
-    help = "FLOPs of AugLocal's auxiliary networks with and without pyramidal depth, as a ratio to the model"
+    help = ("forward GMACs of a model with AugLocal's auxiliary networks, per depth d and pyramid decay "
+            "(default: Table 7's columns, d = 2..6 at tau = 0.5)")
 
     @staticmethod
     def add_arguments(parser):
@@ -72,14 +84,23 @@ class AuxFlops(Analysis):
         parser.add_argument("--classes", type=int, default=10, help="number of classes (default: 10)")
         parser.add_argument("--split", default="layer", help="how the model is cut into modules (default: layer)")
         parser.add_argument("--modules", type=int, default=None, help="K for --split even")
-        parser.add_argument("--aux-depth", default="2,3,4,5,6", help="comma-separated depths d (default: 2,3,4,5,6)")
+        parser.add_argument("--layout", "--aux-layout", dest="layout", default="authors", choices=auxnets.LAYOUTS,
+                            help="which modules get an auxiliary net, as --aux-layout of auglocal (default: "
+                                 "authors: the last d layers train with the primary classifier; layer: every "
+                                 "module but the last)")
+        parser.add_argument("--aux-depth", default=TABLE7_DEPTHS,
+                            help="comma-separated depths d in the paper's unit, the auxiliary net's trainable "
+                                 f"layers including its classifier (default: {TABLE7_DEPTHS}, Table 7)")
         parser.add_argument("--pyramid-decay", default="0.5",
-                            help="comma-separated decays tau to compare with tau = 0 (default: 0.5; "
-                                 "Figure 5: 0.6,0.7,0.8,0.9,1.0)")
-        parser.add_argument("--min-depth", type=int, default=1, help="minimum depth of pyramidal depth (default: 1)")
+                            help="comma-separated decays tau (default: 0.5, Table 7; Figure 5: 0.6,0.7,0.8,0.9,1.0); "
+                                 "the saving is measured against tau = 0")
+        parser.add_argument("--min-depth", type=int, default=2,
+                            help="minimum depth of pyramidal depth, in the unit of --aux-depth (default: 2)")
         parser.add_argument("--aux-selection", default="uniform", choices=auxnets.SELECTIONS,
                             help="layer selection (default: uniform)")
-        parser.add_argument("--output", default=None, help="also write the table to this JSON file")
+        parser.add_argument("--json", "--output", dest="json", default=None, metavar="FILE",
+                            help="also write the rows to this JSON file: a list of {model, layout, depth, tau, "
+                                 "gmacs_total, aux_percent, ...}")
 
     def run(self, args) -> int:
         try:
@@ -93,15 +114,16 @@ class AuxFlops(Analysis):
                               args.modules if args.split == "even" else None, args.model)
         if len(ranges) < 2:
             raise UserError("with one module there is no auxiliary network; use --split layer or more --modules")
-        rows = aux_flops_table(model, ranges, depths, decays, args.min_depth, args.aux_selection)
+        rows = aux_flops_table(model, ranges, depths, decays, args.min_depth, args.aux_selection, args.layout)
         main = rows[0]["main_flops"]
-        print(f"{args.model} on {args.input_shape}: {len(ranges)} modules, {len(ranges) - 1} auxiliary networks; "
-              f"main network {main / 1e9:.4f} GFLOPs ({main / 2e9:.4f} GMACs) per sample, forward")
-        print(f"{'d':>3} {'tau':>5} {'aux GFLOPs':>11} {'aux/main':>9} {'saved by pyramid':>17}  depths per module")
+        print(f"{args.model} on {args.input_shape}, {args.layout} layout, split {args.split}: main network "
+              f"{main / 2e9:.4f} GMACs per sample, forward (d: the paper's depth, classifier included)")
+        print(f"{'d':>3} {'tau':>5} {'K':>4} {'GMACs total':>12} {'aux/main':>9} {'saved by pyramid':>17}  "
+              "depth d per module")
         for row in rows:
-            print(f"{row['aux_depth']:>3} {row['pyramid_decay']:>5.2f} {row['aux_flops'] / 1e9:>11.4f} "
-                  f"{100 * row['aux_ratio']:>8.1f}% {100 * row['reduction']:>16.1f}%  {row['depths']}")
-        if args.output:
-            save_json({"model": args.model, "input_shape": shape, "split": args.split, "rows": rows}, args.output)
-            print(f"wrote {args.output}")
+            print(f"{row['depth']:>3} {row['tau']:>5.2f} {row['modules']:>4} {row['gmacs_total']:>12.3f} "
+                  f"{row['aux_percent']:>8.1f}% {row['pyramid_saving_percent']:>16.1f}%  {row['module_depths']}")
+        if args.json:
+            save_json([{"model": args.model, **row} for row in rows], args.json)
+            print(f"wrote {args.json}")
         return 0

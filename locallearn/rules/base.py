@@ -74,6 +74,11 @@ class Rule:
         `head_kwargs` are --head and --head-kwargs. Override to build heads from the model itself."""
         return build_head(head, model.layer_shapes[layers.stop - 1], model.num_classes, **head_kwargs)
 
+    def arrange_modules(self, ranges: list[range], n_layers: int) -> list[range]:
+        """The modules this rule trains, given the ones --split cut (one range of layer indices each);
+        called once, before the heads are built. Override to merge modules (AugLocal's layout)."""
+        return ranges
+
     def setup(self, net: ModularNet) -> None:
         """Called once after the net is built and before optimizers are made (add state here)."""
 
