@@ -81,7 +81,7 @@ def make_rule(method: str, options: dict) -> Rule:
         check_type(f"--{name.replace('_', '-')}", value, field.type)
         choices = field.metadata.get("choices")
         if choices and value not in choices:
-            raise UserError(f"--{name.replace('_', '-')} must be one of: {', '.join(map(str, choices))}; got {value!r}")
+            raise UserError(f"unknown --{name.replace('_', '-')} {value!r}; choose one of: {', '.join(map(str, choices))}")
     try:
         return rule_class(**options)
     except (TypeError, ValueError) as error:

@@ -273,7 +273,7 @@ CASES = [
     ("config-lr-bool", ["train", "--config", "{config-lr-bool}"], r"--lr must be a number, got True"),
     ("config-seed-string", ["train", "--config", "{config-seed-string}"], r"--seed must be an integer, got '1'"),
     ("config-option-type", ["train", "--config", "{config-option-type}"], r"--sgr-lambda must be a number, got 'x'"),
-    ("config-option-choice", ["train", "--config", "{config-option-choice}"], r"--guess must be one of: local"),
+    ("config-option-choice", ["train", "--config", "{config-option-choice}"], r"unknown --guess 'bogus'; choose one of: local"),
     ("config-option-foreign", ["train", "--config", "{config-option-foreign}"],
      r"--sgr-lambda does not apply to method dgl"),
     # analyses read other people's runs

@@ -72,8 +72,10 @@ def test_imagenet_resnet_stem_follows_input_size():
 def test_unknown_model_and_bad_kwargs_are_user_errors():
     with pytest.raises(UserError, match="unknown model 'resnet33'; choose one of: .*resnet32"):
         create_model("resnet33", (3, 8, 8), 10)
-    with pytest.raises(UserError, match="cannot build model 'mlp'"):
+    with pytest.raises(UserError, match="model 'mlp' has no argument 'depthh'; its --model-kwargs are: depth, width"):
         create_model("mlp", (3, 8, 8), 10, depthh=3)
+    with pytest.raises(UserError, match="cannot build model 'resnet20' for input shape .*negative dimension"):
+        create_model("resnet20", (3, 8, 8), 10, width=-4)
 
 
 def _trains_one_step(model, ranges):
