@@ -229,7 +229,11 @@ def copy_architecture(layer: nn.Module, built_for: Sequence[int], in_shape: Sequ
     layer's own down-sampling (strides -> 1, pooling -> identity); None keeps it.
     A flat layer fed a feature map gets a global average pooling first; a layer that flattens its
     input (AlexNet's first FC) gets an adaptive average pooling to the size it was built for.
+    A layer with an `auxiliary_copy(in_shape, out_channels, downsample)` method (the blocks of the
+    transformers, MobileNetV2, EfficientNet and RegNet) builds its own fresh copy instead.
     """
+    if hasattr(layer, "auxiliary_copy"):
+        return layer.auxiliary_copy(tuple(in_shape), out_channels, downsample)
     built_for, in_shape = tuple(built_for), tuple(in_shape)
     layer = copy.deepcopy(layer)
     readers = _input_readers(layer, built_for)

@@ -12,6 +12,7 @@ Every head is built for the shape of one sample of the module output, `(C,)`, `(
 | fg-cnn    | 1x1 conv -> ReLU -> 2 x (3x3 stride-2 conv -> ReLU) -> avg pool -> FC  | forward-gradient paper A.2 |
 | fg-mlp    | avg pool to 2 -> 3 x (FC, BN, ReLU) -> FC                              | forward-gradient paper A.2 |
 | fg-linear | BN -> avg pool to 2 -> FC                                               | forward-gradient paper A.2 |
+| token     | LayerNorm over channels -> mean over positions (tokens) -> FC           | the transformers' classifier |
 
 The widths of the forward-gradient heads are lost in the paper's text extraction; the defaults
 (32 channels, 256 units) are ours and can be changed with `--head-kwargs width=...`.
@@ -24,6 +25,7 @@ import torch.nn as nn
 
 from .errors import UserError
 from .models.common import adaptive_avg_pool, batchnorm, conv, global_pool_flatten, spatial_dims
+from .models.transformer import TokenClassifier, init_transformer
 from .registry import Registry
 
 HEADS: Registry = Registry("head")
@@ -95,6 +97,13 @@ def forward_gradient_linear_head(shape, num_classes):
     dims = spatial_dims(shape)
     flatten, fan_in = _flatten_after_pool(dims, shape[0], 2)
     return nn.Sequential(batchnorm(dims, shape[0]), flatten, nn.Linear(fan_in, num_classes))
+
+
+@HEADS.register("token")
+def token_head(shape, num_classes):
+    head = TokenClassifier(shape[0], num_classes)
+    init_transformer(head)
+    return head
 
 
 def build_head(name: str, shape, num_classes: int, **kwargs) -> nn.Module:

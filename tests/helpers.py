@@ -24,3 +24,17 @@ def assert_same_tensors(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+# narrow, shallow versions of the seed architectures (models/vit.py, swin.py, mobilenet.py,
+# efficientnet.py, regnet.py) that keep every kind of layer: shifted and plain Swin blocks, patch
+# merging, inverted residuals with and without shortcut, grouped bottlenecks with projections
+SEED_MODEL_KWARGS = {
+    "vit-ti": {"dim": 16, "depth": 2, "heads": 2},
+    "vit-s": {"dim": 16, "depth": 2, "heads": 2},
+    "swin-t": {"dim": 8, "depths": (2, 1, 1, 1), "heads": (1, 2, 2, 2)},
+    "swin-s": {"dim": 8, "depths": (2, 1, 1, 1), "heads": (1, 2, 2, 2)},
+    "mobilenetv2": {"width": 0.1, "last_channels": 16},
+    "efficientnet-b0": {"width": 0.1, "depth": 0.1},
+    "regnetx-400mf": {"depths": (1, 1, 1, 1), "widths": (8, 8, 16, 16), "group_width": 8, "stem_width": 8},
+}

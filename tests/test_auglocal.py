@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helpers import tiny_config
+from helpers import SEED_MODEL_KWARGS, tiny_config
 from locallearn import Trainer
 from locallearn import auxnets
 from locallearn.errors import UserError
@@ -141,6 +141,7 @@ SMALL = {  # narrow versions of the registry's models, so that building every au
     "vgg11": {"width": 0.05}, "vgg13": {"width": 0.05}, "vgg16": {"width": 0.05}, "vgg19": {"width": 0.05},
     "alexnet": {"width": 0.1, "fc_width": 16}, "mlp": {"width": 16},
     "cnn1d": {"widths": (4, 4, 8, 8, 16, 16, 16, 16)},
+    **SEED_MODEL_KWARGS,
 }
 
 

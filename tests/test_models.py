@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from helpers import SEED_MODEL_KWARGS
 from locallearn.errors import UserError
 from locallearn.heads import HEADS, build_head
 from locallearn.models import MODELS, create_model
@@ -20,6 +21,7 @@ SMALL_KWARGS["alexnet"] = {"width": 0.0625, "fc_width": 16}
 SMALL_KWARGS["resnet1d"] = SMALL
 SMALL_KWARGS["cnn1d"] = {"widths": (4, 4, 8, 8, 8, 8, 8, 8)}
 SMALL_KWARGS["mlp"] = {"width": 16}
+SMALL_KWARGS.update(SEED_MODEL_KWARGS)
 
 
 @pytest.mark.parametrize("name,layers", sorted(EXPECTED_LAYERS.items()))

@@ -14,11 +14,16 @@ from ..errors import UserError
 from ..registry import Registry
 from .alexnet import alexnet
 from .convnet import cnn
+from .efficientnet import efficientnet_b0
 from .layered import LayeredModel
 from .mlp import mlp
+from .mobilenet import mobilenetv2
+from .regnet import regnetx
 from .resnet_cifar import resnet_cifar
 from .resnet_imagenet import resnet_imagenet
+from .swin import swin
 from .vgg import vgg
+from .vit import vit
 
 MODELS: Registry = Registry("model")
 
@@ -33,6 +38,14 @@ for _depth in (11, 13, 16, 19):
 MODELS.register("alexnet")(alexnet)
 for _depth in (18, 34, 50, 101):
     MODELS.register(f"resnet{_depth}")(partial(resnet_imagenet, depth=_depth))
+# the seed architectures of SGR (transformers) and AugLocal appendix A.4 (ConvNets)
+MODELS.register("vit-ti")(partial(vit, dim=192, heads=3))
+MODELS.register("vit-s")(partial(vit, dim=384, heads=6))
+MODELS.register("swin-t")(partial(swin, depths=(2, 2, 6, 2)))
+MODELS.register("swin-s")(partial(swin, depths=(2, 2, 18, 2)))
+MODELS.register("mobilenetv2")(mobilenetv2)
+MODELS.register("efficientnet-b0")(efficientnet_b0)
+MODELS.register("regnetx-400mf")(regnetx)
 
 _ANY_DEPTH_VGG = re.compile(r"vgg(\d+)$")
 

@@ -19,11 +19,11 @@ def spatial_dims(shape) -> int:
 
 
 def conv(dims: int, cin: int, cout: int, kernel: int = 3, stride: int = 1, padding: int | None = None,
-         bias: bool = False) -> nn.Module:
+         bias: bool = False, groups: int = 1) -> nn.Module:
     if dims == 0:  # a "conv" on flat features is a linear map
         return nn.Linear(cin, cout, bias=bias)
     padding = kernel // 2 if padding is None else padding
-    return _CONV[dims](cin, cout, kernel, stride=stride, padding=padding, bias=bias)
+    return _CONV[dims](cin, cout, kernel, stride=stride, padding=padding, bias=bias, groups=groups)
 
 
 def batchnorm(dims: int, channels: int) -> nn.Module:
@@ -61,6 +61,15 @@ class ConvBNReLU(nn.Sequential):
         super().__init__(*parts)
 
 
+def conv_bn_act(dims: int, cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1,
+                activation: type[nn.Module] | None = nn.ReLU) -> nn.Sequential:
+    """conv -> BN -> activation (none if `activation` is None): a plain chain, as BP-free rules need it."""
+    parts = [conv(dims, cin, cout, kernel, stride, groups=groups), batchnorm(dims, cout)]
+    if activation is not None:
+        parts.append(activation(inplace=True))
+    return nn.Sequential(*parts)
+
+
 def init_weights(model: nn.Module) -> None:
     """He init for convs (fan-out, as in torchvision's ResNet), unit BN; linear layers keep PyTorch's default."""
     for m in model.modules():
@@ -71,3 +80,19 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def resolve_stem(stem: str, input_shape) -> str:
+    """'auto' -> 'cifar' for inputs of at most 64 positions per side (CIFAR, MNIST, mnist1d), else 'imagenet'."""
+    if stem == "auto":
+        return "cifar" if max(input_shape[1:]) <= 64 else "imagenet"
+    if stem not in ("cifar", "imagenet"):
+        raise ValueError(f"stem must be 'imagenet', 'cifar' or 'auto', got {stem!r}")
+    return stem
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """The multiple of `divisor` nearest to `value` (halves up), at least `divisor` and never below
+    90 % of `value`: how MobileNetV2 and EfficientNet round scaled widths (torchvision's rule)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded

@@ -49,7 +49,10 @@ def _recomputable(body: nn.Module):
         if torch.is_grad_enabled():
             with frozen_batchnorm_statistics(body):
                 return body(x)
-        return body(x)
+        # without grad, a view of x would still say requires_grad (with no graph behind it), which
+        # torch's module tracker (under the FLOP counter) rejects: layers that begin with a view of
+        # their input (the transformer blocks) would fail there
+        return body(x.detach())
 
     return run
 
