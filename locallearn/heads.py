@@ -70,10 +70,13 @@ def dgl_auxiliary(shape, num_classes, convs: int, kernel: int, shrink_first: boo
                   width: int | None = None) -> nn.Sequential:
     """DGL's auxiliary net: [avg pool to ceil(size / 4)] -> convs x (conv, BN, ReLU) -> avg pool to 2
     -> mlp_depth x (FC, BN, ReLU) -> FC; without hidden FCs a BN precedes the final FC."""
+    if convs < 0 or mlp_depth < 0:
+        raise UserError(f"--head-kwargs convs and mlp_depth must be 0 or more, "
+                        f"got convs={convs}, mlp_depth={mlp_depth}")
     dims, channels = spatial_dims(shape), shape[0]
     width = width or channels
     parts: list[nn.Module] = []
-    if shrink_first and dims:  # "first reduce the size by 16" (4 per axis)
+    if shrink_first and dims:  # a map 4 times smaller per axis
         parts.append(type(adaptive_avg_pool(dims, 1))(tuple(math.ceil(s / 4) for s in shape[1:])))
     cin = channels
     for _ in range(convs):

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from locallearn.errors import UserError
 from locallearn.heads import build_head
 
 CIFAR_RESNET_OUTPUTS = [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
@@ -161,3 +162,9 @@ def test_one_dimensional_features_get_the_same_head_with_one_dimensional_ops(nam
             step = ("bn", 2 * channels)
         expected.append(step)
     assert sequence_of(build_head(name, (channels, length), 10, **kwargs)) == expected
+
+
+@pytest.mark.parametrize("kwargs", [{"convs": -1}, {"mlp_depth": -2}])
+def test_negative_depths_are_user_errors(kwargs):
+    with pytest.raises(UserError, match="convs and mlp_depth must be 0 or more"):
+        build_head("dgl", (16, 8, 8), 10, **kwargs)
