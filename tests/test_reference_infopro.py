@@ -63,6 +63,7 @@ def authors_weights(ixx_1, ixy_1, ixx_2, ixy_2, k: int, n_modules: int) -> tuple
 # configs.py: (stage, block) after which each local module ends; stage 0 is the stem
 AUTHORS_LAYOUTS = {
     ("resnet32", 2): [(2, 1)],
+    ("resnet32", 3): [(1, 4), (2, 4)],
     ("resnet32", 4): [(1, 2), (2, 1), (3, 0)],
     ("resnet32", 8): [(1, 0), (1, 2), (1, 4), (2, 1), (2, 3), (3, 0), (3, 2)],
     ("resnet32", 16): [(0, 0)] + [(1, b) for b in range(5)] + [(2, b) for b in range(5)] + [(3, b) for b in range(4)],
@@ -70,6 +71,10 @@ AUTHORS_LAYOUTS = {
                         (2, 15), (3, 1), (3, 5), (3, 9), (3, 13)],
 }
 BLOCKS_PER_STAGE = {"resnet32": 5, "resnet110": 18}
+# the --split that docs/methods/infopro_predsim.md gives for each; else the boundaries: module ends + 1
+DOCUMENTED_SPLITS = {("resnet32", 16): "layer", ("resnet32", 3): "stage", ("resnet32", 2): "8",
+                     ("resnet32", 4): "4,8,12", ("resnet32", 8): "2,4,6,8,10,12,14",
+                     ("resnet110", 16): "3,6,9,12,15,18,21,24,27,31,35,39,43,47,51"}
 
 
 def layer_index(model: str, stage: int, block: int) -> int:
@@ -101,14 +106,13 @@ def copy_parameters(ours: nn.Module, theirs: nn.Module) -> None:
 
 @pytest.mark.parametrize("model_name,k", sorted(AUTHORS_LAYOUTS), ids=str)
 def test_module_layout_heads_and_losses_are_the_authors(model_name, k):
-    """The authors' module ends are reached by `--split` (for ResNet-32, K = 16 that is `--split
-    layer`); at each, our classifier and decoder equal theirs for that stage's width, parameters
-    copied, and the module's local loss is lambda_1 BCE + lambda_2 CE with their weights."""
+    """The authors' module ends are reached by the documented `--split`; at each, our classifier
+    and decoder equal theirs for that stage's width, parameters copied, and the module's local loss
+    is lambda_1 BCE + lambda_2 CE with their weights."""
     torch.manual_seed(0)
     model = create_model(model_name, (3, 32, 32), 10)
     ends = [layer_index(model_name, *position) for position in AUTHORS_LAYOUTS[(model_name, k)]]
-    split = "layer" if (model_name, k) == ("resnet32", 16) else ",".join(str(end + 1) for end in ends)
-    ranges = split_layers(len(model.layers), model.stages, split)
+    ranges = split_layers(len(model.layers), model.stages, DOCUMENTED_SPLITS[(model_name, k)])
     assert [r.stop - 1 for r in ranges[:-1]] == ends and len(ranges) == k
 
     rule = RULES.get("infopro")()
