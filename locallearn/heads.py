@@ -3,19 +3,30 @@
 Every head is built for the shape of one sample of the module output, `(C,)`, `(C, L)` or
 `(C, H, W)`, so any head fits any module of any model. `build_head(name, shape, classes, **kw)`.
 
-| name      | architecture                                                            | from |
-|-----------|-------------------------------------------------------------------------|------|
-| linear    | BN -> global average pool -> FC                                         | BackLink, Belilovsky 2021 |
-| conv      | 3x3 conv -> BN -> ReLU -> global average pool -> FC                     | Belilovsky 2019, SGR (CIFAR) |
-| mlp       | global average pool -> FC -> ReLU -> FC -> ReLU -> FC                   | generic |
-| dgl       | avg pool to 1/4 resolution -> 3 x (1x1 conv, BN, ReLU) -> avg pool 2 -> FC | DGL's MLP-SR-aux |
-| fg-cnn    | 1x1 conv -> ReLU -> 2 x (3x3 stride-2 conv -> ReLU) -> avg pool -> FC  | forward-gradient paper A.2 |
-| fg-mlp    | avg pool to 2 -> 3 x (FC, BN, ReLU) -> FC                              | forward-gradient paper A.2 |
-| fg-linear | BN -> avg pool to 2 -> FC                                               | forward-gradient paper A.2 |
-| token     | LayerNorm over channels -> mean over positions (tokens) -> FC           | the transformers' classifier |
+| name      | architecture                                                          | from                         |
+|-----------|-----------------------------------------------------------------------|------------------------------|
+| linear    | BN -> global average pool -> FC                                       | BackLink, Belilovsky 2021    |
+| conv      | 3x3 conv -> BN -> ReLU -> global average pool -> FC                   | Belilovsky 2019, SGR (CIFAR) |
+| mlp       | global average pool -> FC -> ReLU -> FC -> ReLU -> FC                 | generic                      |
+| dgl       | avg pool to ceil(size/4) -> 3 x (1x1 conv, BN, ReLU) -> avg pool to 2 | DGL's MLP-SR-aux             |
+|           | -> 3 x (FC, BN, ReLU) -> FC                                           |                              |
+| dgl-cnn   | 2 x (3x3 conv, BN, ReLU) -> avg pool to 2 -> BN -> FC                 | DGL's CNN-aux                |
+| fg-cnn    | 1x1 conv -> ReLU -> 2 x (3x3 stride-2 conv -> ReLU) -> avg pool -> FC | forward-gradient paper A.2   |
+| fg-mlp    | avg pool to 2 -> 3 x (FC, BN, ReLU) -> FC                             | forward-gradient paper A.2   |
+| fg-linear | BN -> avg pool to 2 -> FC                                             | forward-gradient paper A.2   |
+| token     | LayerNorm over channels -> mean over positions (tokens) -> FC         | the transformers' classifier |
 
 The widths of the forward-gradient heads are lost in the paper's text extraction; the defaults
 (32 channels, 256 units) are ours and can be changed with `--head-kwargs width=...`.
+
+The two DGL heads are `auxillary_classifier2` of the authors' code (github.com/eugenium/DGL,
+`auxiliary_nets_study/models.py`, also used for ImageNet and ResNet-110), with C the input
+channels: convs keep C channels and have no bias; the hidden FCs keep the flattened width
+C * 2^dims. `--head-kwargs` reach the authors' other settings: `convs` (their `n_lin`),
+`mlp_depth` (their `mlp_layers`; with 0 a BN follows the last pooling, as in their code) and
+`width` (conv channels). `mlp_depth=2` is AugLocal's re-implementation of DGL's head (which also
+drops the FC biases, redundant before BN). Before issue 12, `dgl` had no hidden FC layers (and no
+BN before its FC): a head that is in neither code.
 """
 from __future__ import annotations
 
@@ -57,19 +68,40 @@ def mlp_head(shape, num_classes, width: int = 256):
                          nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, num_classes))
 
 
-@HEADS.register("dgl")
-def dgl_mlp_sr_head(shape, num_classes, width: int | None = None, depth: int = 3):
+def dgl_auxiliary(shape, num_classes, convs: int, kernel: int, shrink_first: bool, mlp_depth: int,
+                  width: int | None = None) -> nn.Sequential:
+    """DGL's auxiliary net: [avg pool to ceil(size / 4)] -> convs x (conv, BN, ReLU) -> avg pool to 2
+    -> mlp_depth x (FC, BN, ReLU) -> FC; without hidden FCs a BN precedes the final FC."""
+    if convs < 0 or mlp_depth < 0:
+        raise UserError(f"--head-kwargs convs and mlp_depth must be 0 or more, "
+                        f"got convs={convs}, mlp_depth={mlp_depth}")
     dims, channels = spatial_dims(shape), shape[0]
     width = width or channels
     parts: list[nn.Module] = []
-    if dims:
+    if shrink_first and dims:  # a map 4 times smaller per axis
         parts.append(type(adaptive_avg_pool(dims, 1))(tuple(math.ceil(s / 4) for s in shape[1:])))
     cin = channels
-    for _ in range(depth):
-        parts += [conv(dims, cin, width, 1), batchnorm(dims, width), nn.ReLU(inplace=True)]
+    for _ in range(convs):
+        parts += [conv(dims, cin, width, kernel), batchnorm(dims, width), nn.ReLU(inplace=True)]
         cin = width
-    flatten, flat_width = _flatten_after_pool(dims, width, 2)
-    return nn.Sequential(*parts, flatten, nn.Linear(flat_width, num_classes))
+    parts.append(adaptive_avg_pool(dims, 2))
+    if mlp_depth == 0:
+        parts.append(batchnorm(dims, cin))
+    flat = cin * 2 ** dims
+    parts.append(nn.Flatten(1))
+    for _ in range(mlp_depth):
+        parts += [nn.Linear(flat, flat), nn.BatchNorm1d(flat), nn.ReLU(inplace=True)]
+    return nn.Sequential(*parts, nn.Linear(flat, num_classes))
+
+
+@HEADS.register("dgl")
+def dgl_mlp_sr_head(shape, num_classes, width: int | None = None, convs: int = 3, mlp_depth: int = 3):
+    return dgl_auxiliary(shape, num_classes, convs, kernel=1, shrink_first=True, mlp_depth=mlp_depth, width=width)
+
+
+@HEADS.register("dgl-cnn")
+def dgl_cnn_head(shape, num_classes, width: int | None = None, convs: int = 2):
+    return dgl_auxiliary(shape, num_classes, convs, kernel=3, shrink_first=False, mlp_depth=0, width=width)
 
 
 @HEADS.register("fg-cnn")

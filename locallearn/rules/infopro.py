@@ -64,7 +64,9 @@ class ReconstructionDecoder(nn.Module):
             self.net = nn.Sequential(nn.Flatten(1), nn.Linear(math.prod(feature_shape), width), nn.BatchNorm1d(width),
                                      nn.ReLU(inplace=True), nn.Linear(width, math.prod(image_shape)),
                                      nn.Unflatten(1, self.image_shape))
-        init_weights(self)
+        for m in self.modules():  # He init as the authors'; unlike init_weights, the biases keep PyTorch's init
+            if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """The reconstruction before the sigmoid."""

@@ -1,15 +1,24 @@
 """PredSim (Nøkland & Eidnes, ICML 2019) as AugLocal's baseline: prediction + similarity matching.
 
-Module k < K-1 minimises   (1 - beta) * CE(pred(h), y) + beta * MSE(S(sim(h)), S(onehot(y)))   with
+Module k < K-1 minimises   (1 - beta) * CE(pred(h), y) + beta * MSE(S(sim(h)), S(onehot(y)))   with,
+as in the authors' code (github.com/anokland/local-loss, `LocalLossBlockConv`):
 
-- pred: average pooling (kernel doubled along each spatial axis in turn until at most
-  `predsim_features` values remain; 512 in AugLocal's re-implementation) -> flatten -> linear;
-- sim: a 3x3 conv with as many output channels as inputs, no bias (a linear map for flat features);
+- pred: average pooling -> flatten -> linear whose weight starts at zero. The pooling kernel
+  doubles along each spatial axis in turn until at most `predsim_features` values remain (the
+  authors' `--dim-in-decoder`, default 4096; AugLocal's re-implementation uses 512); the stride
+  is the kernel and a size the kernel does not divide is padded with zeros on both sides, which
+  count in the average (`nn.AvgPool2d(kernel, padding=...)`);
+- sim: a 3x3 conv with as many output channels as inputs, no bias, PyTorch's default init (a
+  linear map for flat features);
 - S(x): the adjusted cosine similarity matrix of the batch: each sample is reduced to its
   per-channel standard deviation over positions (when it has more than 3 channels and more than
   one position along the first spatial axis), otherwise flattened; then centred over its features,
   divided by (1e-8 + its norm), S = x_n x_n^T clamped to [-1, 1];
-- beta = 0.99, as in the authors' code (AugLocal's scripts: 0.99 similarity, 0.01 prediction).
+- beta = 0.99, the authors' default (AugLocal's scripts: 0.99 similarity, 0.01 prediction).
+
+The last module learns from the plain cross-entropy of the model's classifier; the authors scale
+their output layer's loss by (1 - beta) too, under Adam where a constant factor changes nothing:
+`--predsim-scale-last` does it here.
 """
 from __future__ import annotations
 
@@ -22,12 +31,12 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..models import LayeredModel
-from ..models.common import conv, init_weights
+from ..models.common import conv
 from ..network import LocalModule
 from .base import LocalRule, Stats, option, record
 from .registry import RULES
 
-_ADAPTIVE_AVG = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d}
+_AVG_POOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d}
 
 
 def similarity_matrix(x: torch.Tensor) -> torch.Tensor:
@@ -46,9 +55,9 @@ def similarity_matching_loss(features: torch.Tensor, y: torch.Tensor, num_classe
     return F.mse_loss(similarity_matrix(features), target)
 
 
-def pooled_sizes(shape, max_features: int) -> tuple[int, ...]:
-    """Positions per spatial axis after PredSim's pooling: the kernel doubles along each axis in
-    turn until channels x positions <= max_features (or the first axis is pooled to one)."""
+def pool_kernels(shape, max_features: int) -> tuple[int, ...]:
+    """PredSim's pooling kernel per spatial axis: it doubles along each axis in turn until
+    channels x positions <= max_features (or the first axis's kernel reaches its size)."""
     channels, sizes = shape[0], list(shape[1:])
     kernels = [1] * len(sizes)
     while sizes and channels * math.prod(sizes) > max_features and kernels[0] < shape[1]:
@@ -57,21 +66,35 @@ def pooled_sizes(shape, max_features: int) -> tuple[int, ...]:
             sizes[axis] = math.ceil(shape[1 + axis] / kernels[axis])
             if channels * math.prod(sizes) <= max_features:
                 break
-    return tuple(sizes)
+    return tuple(kernels)
+
+
+def pooled_sizes(shape, max_features: int) -> tuple[int, ...]:
+    """Positions per spatial axis after PredSim's pooling."""
+    return tuple(math.ceil(size / k) for size, k in zip(shape[1:], pool_kernels(shape, max_features)))
+
+
+def prediction_pool(shape, max_features: int) -> nn.Module:
+    """Average pooling with stride = kernel; an axis the kernel does not divide gets zero padding
+    on both sides (half a kernel), so that its output has ceil(size / kernel) positions."""
+    kernels = pool_kernels(shape, max_features)
+    if all(k == 1 for k in kernels):
+        return nn.Identity()
+    padding = tuple(k * (math.ceil(s / k) - s // k) // 2 for s, k in zip(shape[1:], kernels))
+    return _AVG_POOL[len(kernels)](kernels, padding=padding)
 
 
 class PredSimHead(nn.Module):
     """The prediction head (called: the logits) and the similarity head of one module."""
 
-    def __init__(self, shape, num_classes: int, max_features: int = 512):
+    def __init__(self, shape, num_classes: int, max_features: int = 4096):
         super().__init__()
         dims, channels = len(shape) - 1, shape[0]
-        sizes = pooled_sizes(shape, max_features)
-        pool = _ADAPTIVE_AVG[dims](sizes) if dims and sizes != tuple(shape[1:]) else nn.Identity()
-        self.predict = nn.Sequential(pool, nn.Flatten(1), nn.Linear(channels * math.prod(sizes), num_classes))
-        self.similarity = conv(dims, channels, channels, 3)
+        classifier = nn.Linear(channels * math.prod(pooled_sizes(shape, max_features)), num_classes)
+        nn.init.zeros_(classifier.weight)  # as the authors' decoder_y; its bias keeps PyTorch's init
+        self.predict = nn.Sequential(prediction_pool(shape, max_features), nn.Flatten(1), classifier)
+        self.similarity = conv(dims, channels, channels, 3)  # PyTorch's default init, as the authors'
         self.num_classes = num_classes
-        init_weights(self)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.predict(features)
@@ -90,7 +113,10 @@ class PredSim(LocalRule):
 
     predsim_beta: float = option(0.99, "PredSim: weight beta of the similarity-matching loss "
                                        "(the prediction loss gets 1 - beta)")
-    predsim_features: int = option(512, "PredSim: the prediction head pools its input to at most this many values")
+    predsim_features: int = option(4096, "PredSim: the prediction head pools its input to at most this many "
+                                         "values (the authors' --dim-in-decoder; AugLocal used 512)")
+    predsim_scale_last: bool = option(False, "PredSim: the last module's cross-entropy is scaled by 1 - beta, "
+                                             "as the authors' output layer (under Adam)")
 
     def __post_init__(self):
         if not 0.0 <= self.predsim_beta <= 1.0:
@@ -107,7 +133,7 @@ class PredSim(LocalRule):
         logits = module.head(outputs)
         prediction = F.cross_entropy(logits, y)
         if module.is_last:
-            loss = prediction
+            loss = (1 - self.predsim_beta) * prediction if self.predsim_scale_last else prediction
         else:
             similarity = module.head.similarity_loss(outputs, y)
             loss = (1 - self.predsim_beta) * prediction + self.predsim_beta * similarity
