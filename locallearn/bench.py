@@ -1,14 +1,21 @@
 """`locallearn bench`: a grid of methods x K x seeds on the same data, one table, one JSON, plots.
 
 Every run goes through the same engine as `locallearn train` (same data, same seed, same model
-initialisation), one after another in this process, so the ratios in the table are measured side
-by side on the same machine under the same load.
+initialisation). Accuracy, memory and FLOPs come from the runs; step times come from interleaved
+timing (timing.py): every configuration built once and timed in rotating rounds on the same
+batches in this process, so that a load that comes and goes does not favour one of them.
+
+A method spec may hold a grid, `METHOD:option=a|b|c[:lr=x|y]`: every combination is run, and with
+`--val-split` the bench chooses, per method and K, the setting with the best mean validation top-1
+and reports the test top-1 of that setting. Settings are never chosen on the test set.
 """
 from __future__ import annotations
 
-import statistics
-from dataclasses import replace
+import itertools
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import torch
 
 from .checkpointing import prepare_out_dir, save_json
 from .config import TrainConfig
@@ -17,8 +24,25 @@ from .engine import Trainer
 from .errors import UserError
 from .models import create_model
 from .rules import RULES, rule_options
+from .bench_report import aggregate, format_selection, format_table, plot, select_on_validation
+from .timing import interleaved_step_times
 
-RATIO_KEYS = {"step_seconds": "time", "peak_activation_bytes": "memory", "flops_per_step": "flops"}
+
+@dataclass
+class PlannedRun:
+    label: str    # the concrete variant, e.g. `sgr:sgr-lambda=10:lr=0.05`
+    family: str   # the spec it came from, e.g. `sgr:sgr-lambda=1|10|100:lr=0.05` (= label without a grid)
+    cfg: TrainConfig
+
+
+def expand_grid(spec: str) -> list[str]:
+    """`sgr:sgr-lambda=1|10:lr=0.1|0.5` -> the four concrete specs, in order."""
+    method, *pairs = spec.split(":")
+    choices = []
+    for pair in pairs:
+        key, sep, values = pair.partition("=")
+        choices.append([f"{key}={v}" for v in values.split("|")] if sep else [pair])
+    return [":".join([method, *combination]) for combination in itertools.product(*choices)]
 
 
 VARIANT_KEYS = ("head", "split", "lr")  # settings a variant may change besides the method's own options
@@ -64,12 +88,16 @@ def _parse_value(f, text: str, spec: str):
 
 
 def plan_runs(base: TrainConfig, methods: list[str], modules: list[int], seeds: list[int],
-              n_layers: int) -> list[tuple[str, TrainConfig]]:
-    """(label, config) of every run; a label is the method spec as given (`sgr:sgr-lambda=0.1`)."""
+              n_layers: int) -> list[PlannedRun]:
+    """Every run of the grid: each method spec (with its `a|b|c` grids expanded) x K x seed."""
     given = dict(base.rule_options)
     unused = set(given)
     runs = []
-    for spec in methods:
+    concrete = [(family, spec) for family in methods for spec in expand_grid(family)]
+    if len(concrete) > len(methods) and not base.val_split:
+        raise UserError("a method spec with a grid (a|b|c) chooses its setting on validation accuracy: pass "
+                        "--val-split FRACTION (settings are never chosen on the test set)")
+    for family, spec in concrete:
         method, overrides, settings = parse_method(spec)
         rule_class = RULES.get(method)
         accepted = {f.name for f in rule_options(rule_class)}
@@ -88,127 +116,65 @@ def plan_runs(base: TrainConfig, methods: list[str], modules: list[int], seeds: 
             ks = modules
         for k in ks:
             for seed in seeds:
-                runs.append((spec, replace(variant, method=method, modules=k, seed=seed, out=None, resume=False,
-                                           rule_options=options)))
+                runs.append(PlannedRun(spec, family, replace(variant, method=method, modules=k, seed=seed, out=None,
+                                                             resume=False, rule_options=options)))
     if unused:
         raise UserError(", ".join("--" + u.replace("_", "-") for u in sorted(unused))
                         + f" applies to none of the methods {', '.join(methods)}")
     return runs
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def time_interleaved(planned: list[PlannedRun], data, rounds: int, steps: int) -> dict:
+    """(label, K) -> StepTime: one trainer per configuration (its first seed), timed in rounds on the
+    same `steps` batches of the first epoch (timing.py)."""
+    trainers = {}
+    for run in planned:
+        key = (run.label, run.cfg.modules)
+        if key not in trainers:
+            trainers[key] = Trainer(replace(run.cfg, measure=False, progress=False), data=data)
+    first = next(iter(trainers.values()))
+    epoch = first.data.train_batches(first.cfg.batch_size, first.cfg.seed, first.augment, torch.Generator())
+    batches = list(itertools.islice(epoch, steps))
+    found = interleaved_step_times(trainers, batches, rounds)
+    # a trainer's K is known once it is built (None in a plan means: as the split gives)
+    return {(label, len(trainers[(label, k)].net)): value for (label, k), value in found.items()}
 
 
-def aggregate(runs: list[dict]) -> list[dict]:
-    """One row per (method, K): mean and std over seeds, and ratios to bp (or to the first row)."""
-    groups: dict[tuple, list[dict]] = {}
-    for run in runs:
-        groups.setdefault((run.get("label", run["method"]), run["modules"]), []).append(run)
-    rows = []
-    for (label, k), group in groups.items():
-        row = {"method": label, "modules": k, "seeds": [r["seed"] for r in group]}
-        for key in ("test_top1", "test_top5", "step_seconds", "train_seconds", "peak_activation_bytes",
-                    "flops_per_step", "peak_memory_bytes"):
-            row[key], row[key + "_std"] = _mean_std([r[key] for r in group])
-        row["params"], row["aux_params"] = group[0]["params"], group[0]["aux_params"]
-        rows.append(row)
-    baseline = next((r for r in rows if r["method"] == "bp"), rows[0])
-    for row in rows:
-        row["baseline"] = f"{baseline['method']} K={baseline['modules']}"
-        for key, short in RATIO_KEYS.items():
-            ok = row[key] is not None and baseline[key]
-            row[f"{short}_ratio"] = row[key] / baseline[key] if ok else None
-    return rows
-
-
-def format_table(rows: list[dict]) -> str:
-    def num(v, fmt):
-        return "-" if v is None else format(v, fmt)
-
-    header = ["method", "K", "top-1 %", "top-5 %", "step ms", "x time", "act MiB", "x mem", "GFLOP/step",
-              "x flops", "train s"]
-    lines = [header]
-    for r in rows:
-        spread = f" +-{r['test_top1_std']:.2f}" if len(r["seeds"]) > 1 else ""
-        lines.append([
-            r["method"], str(r["modules"]), f"{r['test_top1']:.2f}{spread}", f"{r['test_top5']:.2f}",
-            num(r["step_seconds"] and 1000 * r["step_seconds"], ".1f"), num(r["time_ratio"], ".2f"),
-            num(r["peak_activation_bytes"] and r["peak_activation_bytes"] / 2 ** 20, ".2f"),
-            num(r["memory_ratio"], ".3f"), num(r["flops_per_step"] and r["flops_per_step"] / 1e9, ".3f"),
-            num(r["flops_ratio"], ".2f"), num(r["train_seconds"], ".1f")])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
-            for line in lines]
-    text.insert(1, "-" * len(text[0]))
-    seeds = rows[0]["seeds"]
-    text.append(f"ratios (x) are to {rows[0]['baseline'] if rows else '-'}; top-1 is the mean over seeds {seeds}"
-                + (" +- std" if len(seeds) > 1 else ""))
-    return "\n".join(text)
-
-
-def plot(rows: list[dict], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [("test_top1", "test top-1 (%)", "accuracy.png", 1.0),
-              ("peak_activation_bytes", "peak activation memory (MiB)", "memory.png", 2 ** -20),
-              ("step_seconds", "median step time (ms)", "time.png", 1000.0)]
-    written = []
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    for key, label, name, scale in panels:
-        if all(r[key] is None for r in rows):  # not measured (--no-measure): no empty plot
-            continue
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for method in methods:
-            mine = sorted((r for r in rows if r["method"] == method and r[key] is not None),
-                          key=lambda r: r["modules"])
-            if not mine:
-                continue
-            ks, values = [r["modules"] for r in mine], [scale * r[key] for r in mine]
-            if len(mine) == 1 and method == "bp":
-                ax.axhline(values[0], linestyle="--", color="black", label="bp")
-            else:
-                ax.plot(ks, values, marker="o", label=method)
-        ks = sorted({r["modules"] for r in rows})
-        if len(ks) > 1:
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set_xlabel("number of modules K")
-        ax.set_ylabel(label)
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
-        plt.close(fig)
-        written.append(out / name)
-    return written
-
-
-def run_bench(base: TrainConfig, methods: list[str], modules: list[int], seeds: list[int], out: Path) -> dict:
+def run_bench(base: TrainConfig, methods: list[str], modules: list[int], seeds: list[int], out: Path,
+              timing_rounds: int = 5, timing_steps: int = 3) -> dict:
     base.validate()
     prepare_out_dir(out, ("bench.json",), resume=False, what="a bench")
     data = load_dataset(base.dataset, base.data_dir, base.download, **base.dataset_kwargs)
     n_layers = len(create_model(base.model, data.input_shape, data.num_classes, **base.model_kwargs).layers)
     planned = plan_runs(base, methods, modules, seeds, n_layers)
     runs = []
-    for i, (label, cfg) in enumerate(planned, 1):
-        result = {"label": label, **Trainer(cfg, data=data).fit()}
+    for i, run in enumerate(planned, 1):
+        result = {"label": run.label, "family": run.family, **Trainer(run.cfg, data=data).fit()}
         runs.append(result)
-        print(f"[{i}/{len(planned)}] {label} K={result['modules']} seed={cfg.seed}: "
-              f"top-1 {result['test_top1']:.2f}%  step {1000 * (result['step_seconds'] or 0):.1f} ms", flush=True)
+        print(f"[{i}/{len(planned)}] {run.label} K={result['modules']} seed={run.cfg.seed}: "
+              f"top-1 {result['test_top1']:.2f}%" + (f" (val {result['val_top1']:.2f}%)" if result["val_top1"] else ""),
+              flush=True)
         save_json({"config": base.to_dict(), "runs": runs}, out / "bench.json")  # partial results survive a crash
-    rows = aggregate(runs)
-    report = {"config": base.to_dict(), "methods": methods, "modules": modules, "seeds": seeds,
-              "rows": rows, "runs": runs}
+    timing = {}
+    if timing_rounds:
+        print(f"timing {len({(r.label, r.cfg.modules) for r in planned})} configurations interleaved: "
+              f"{timing_rounds} rounds of {timing_steps} steps", flush=True)
+        timing = time_interleaved(planned, data, timing_rounds, timing_steps)
+    rows = aggregate(runs, timing)
+    chosen = select_on_validation(rows)
+    report = {"config": base.to_dict(), "methods": methods, "modules": modules, "seeds": seeds, "rows": rows,
+              "chosen_on_validation": chosen, "runs": runs,
+              "timing": {"rounds": timing_rounds, "steps": timing_steps,
+                         "per_round": {f"{label} K={k}": {"wall": t.wall_rounds, "cpu": t.cpu_rounds}
+                                       for (label, k), t in timing.items()}}}
     save_json(report, out / "bench.json")
-    plots = plot(rows, out)
+    # the plots show each grid's chosen setting only
+    picked = {(c["chosen"], c["modules"]) for c in chosen}
+    plots = plot([r for r in rows if r["family"] == r["method"] or (r["method"], r["modules"]) in picked], out)
     print()
     print(format_table(rows))
+    if chosen:
+        print("\nsettings chosen on validation accuracy (the test top-1 of the chosen setting is the result):")
+        print(format_selection(chosen))
     print(f"\nwrote {out / 'bench.json'}" + (f" and {', '.join(p.name for p in plots)}" if plots else ""))
     return report

@@ -53,6 +53,16 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
 def _option_type(annotation) -> type:
     return {"float": float, "int": int, "str": str}.get(str(annotation).replace(" | None", ""), str)
 
@@ -98,7 +108,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool) -> None:
                           help=f"comma-separated methods to compare (default: bp,greedy,dgl); any of: "
                                f"{', '.join(RULES.names())}. A method may be given in several variants, "
                                f"METHOD:option=value[:option=value...] with its own options or head, split, lr, "
-                               f"e.g. dgl,sgr:sgr-lambda=0.1,sgr:sgr-lambda=1")
+                               f"e.g. dgl,sgr:sgr-lambda=0.1,sgr:sgr-lambda=1; a value a|b|c is a grid whose best "
+                               f"setting is chosen on validation accuracy (needs --val-split), e.g. "
+                               f"sgr:sgr-lambda=1|10|100:lr=0.02|0.05")
         what.add_argument("--modules", type=_int_list, default=None,
                           help="comma-separated numbers of modules K to try (default: 4); single-module methods "
                                "(bp) run once with K=1")
@@ -131,6 +143,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool) -> None:
     data.add_argument("--download", action="store_true", default=None,
                       help="download a named dataset into --data-dir if it is missing (needs internet and "
                            "torchvision)")
+    data.add_argument("--val-split", type=float, metavar="FRACTION",
+                      help="hold this fraction of every class out of the training set (seeded by the data alone, "
+                           "the same for every run) and report val_top1 beside test_top1 (default: 0, none)")
     data.add_argument("--augment", choices=AUGMENT_CHOICES,
                       help="batch augmentation (default: crop-flip for CIFAR/STL/ImageNet, crop for SVHN and "
                            "MNIST, none for Fashion-MNIST, KMNIST, mnist1d, synthetic and .npz)")
@@ -272,8 +287,13 @@ def cmd_bench(ns: argparse.Namespace, rule_option_names: list[str]) -> int:
     methods = [m.strip() for m in ns.methods.split(",") if m.strip()]
     if not methods:
         raise UserError("--methods needs at least one method")
+    if ns.lr_grid:
+        grid = "|".join(f"{lr:g}" for lr in ns.lr_grid)
+        methods = [m if any(p.startswith("lr=") for p in m.split(":")[1:]) else f"{m}:lr={grid}" for m in methods]
+    if ns.timing_rounds < 0 or ns.timing_steps < 1:
+        raise UserError("--timing-rounds must be >= 0 and --timing-steps >= 1")
     out = Path(ns.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-bench")
-    run_bench(base, methods, ns.modules or [4], ns.seeds or [0], out)
+    run_bench(base, methods, ns.modules or [4], ns.seeds or [0], out, ns.timing_rounds, ns.timing_steps)
     return 0
 
 
@@ -333,8 +353,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
                                                 "write bench.json and plots",
                                   description="Run a grid of methods x numbers of modules (x seeds) on the same "
                                               "data and seed; print a table with ratios to bp; write bench.json "
-                                              "and PNG plots of accuracy, memory and time against K.")
+                                              "and PNG plots of accuracy against memory and of accuracy, memory "
+                                              "and time against K.")
     add_run_arguments(bench_parser, bench=True)
+    choose = bench_parser.add_argument_group("choosing settings and timing")
+    choose.add_argument("--lr-grid", type=_float_list, metavar="LR,LR,...",
+                        help="choose every method's lr among these on validation accuracy (needs --val-split); a "
+                             "method spec with its own lr= keeps it")
+    choose.add_argument("--timing-rounds", type=int, default=5,
+                        help="rounds of interleaved timing after the runs: every configuration takes --timing-steps "
+                             "steps per round on the same batches, in rotating order; the table's step time is each "
+                             "configuration's fastest round (default: 5; 0: use each run's own median step)")
+    choose.add_argument("--timing-steps", type=int, default=3, help="steps per configuration and round (default: 3)")
     throughput = sub.add_parser("bench-pipeline", help="throughput of a torchrun pipeline vs one process with 1 "
                                                        "and with W threads",
                                 description="Samples per second of pipelined training (W processes x 1 thread, "

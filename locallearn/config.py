@@ -59,6 +59,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None      # None: the CPU cores this process may use
     augment: str | None = None      # None: the dataset's default
+    val_split: float = 0.0          # fraction of every class held out of training for validation (0: none)
     data_dir: str = "data"
     download: bool = False
     model_kwargs: dict = field(default_factory=dict)
@@ -99,6 +100,8 @@ class TrainConfig:
         positive("modules", self.modules, allow_none=True)
         positive("eval_every", self.eval_every)
         positive("threads", self.threads, allow_none=True)
+        if not 0 <= self.val_split < 1:
+            raise UserError(f"--val-split must be a fraction in [0, 1), got {self.val_split}")
         if not 0 <= self.momentum < 1:
             raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
         for name in ("momentum", "weight_decay", "warmup_epochs", "checkpoint_every"):

@@ -98,29 +98,59 @@ def _stat_column(key: str) -> str:
     return f"train_{name}_m{module}" if module else f"train_{name}"
 
 
+class Tally:
+    """Counts behind the evaluation metrics: top-1/top-5/loss of the network's output and the top-1
+    of every module's own head. Tallies of the stages of a pipeline add up (`merged`)."""
+
+    def __init__(self, n_modules: int):
+        self.counts = {"local": [0] * n_modules, "top1": 0, "top5": 0, "loss": 0.0, "n": 0}
+
+    def add_local(self, k: int, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.counts["local"][k] += int((logits.argmax(1) == y).sum())
+
+    def add_output(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        c = self.counts
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        c["top1"] += int((top[:, 0] == y).sum())
+        c["top5"] += int((top == y[:, None]).any(1).sum())
+        c["loss"] += float(F.cross_entropy(logits, y, reduction="sum"))
+        c["n"] += len(y)
+
+    @staticmethod
+    def merged(parts: list[dict]) -> "Tally":
+        tally = Tally(len(parts[0]["local"]))
+        for part in parts:
+            for key, value in part.items():
+                tally.counts[key] = ([a + b for a, b in zip(tally.counts[key], value)] if key == "local"
+                                     else tally.counts[key] + value)
+        return tally
+
+    def metrics(self, scored: list[bool], n_samples: int) -> dict:
+        """`scored[k]`: whether module k has a head to score (the last one always has)."""
+        c = self.counts
+        return {"top1": 100.0 * c["top1"] / c["n"], "top5": 100.0 * c["top5"] / c["n"], "loss": c["loss"] / c["n"],
+                "local_top1": [100.0 * hits / n_samples if s else None for hits, s in zip(c["local"], scored)]}
+
+
+def scored_modules(net: ModularNet, rule: Rule) -> list[bool]:
+    return [rule.uses_aux_heads or module.is_last for module in net]
+
+
 @torch.no_grad()
-def evaluate(net: ModularNet, rule: Rule, data, batch_size: int) -> dict:
+def evaluate(net: ModularNet, rule: Rule, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict:
     """Top-1/top-5 and loss of the whole network, and the top-1 of every module's own head."""
-    n, loss_sum = 0, 0.0
-    top1 = top5 = 0
-    local = [0] * len(net)
+    tally = Tally(len(net))
+    scored = scored_modules(net, rule)
     with evaluation_mode(net):
-        for x, y in data.test_batches(batch_size):
+        for x, y in batches:
             h = x
             for module in net:
                 h = module(h)
-                if rule.uses_aux_heads or module.is_last:
+                if scored[module.index]:
                     logits = rule.logits(module, h)
-                    local[module.index] += int((logits.argmax(1) == y).sum())
-            k = min(5, logits.shape[1])
-            top = logits.topk(k, dim=1).indices
-            top1 += int((top[:, 0] == y).sum())
-            top5 += int((top == y[:, None]).any(1).sum())
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            n += len(y)
-    local_top1 = [100.0 * c / n if (rule.uses_aux_heads or m.is_last) else None for c, m in zip(local, net)]
-    return {"test_top1": 100.0 * top1 / n, "test_top5": 100.0 * top5 / n, "test_loss": loss_sum / n,
-            "local_top1": local_top1}
+                    tally.add_local(module.index, logits, y)
+            tally.add_output(logits, y)
+    return tally.metrics(scored, tally.counts["n"])
 
 
 @dataclass
@@ -159,6 +189,8 @@ class Trainer:
             raise UserError(f"unknown --augment {cfg.augment!r}; choose one of: {', '.join(AUGMENT_CHOICES)}")
         if data is None:
             data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, **cfg.dataset_kwargs)
+        if cfg.val_split:
+            data = data.with_validation(cfg.val_split)
         self.data = data.to(self.device)
         self.augment = cfg.augment or self.data.default_augment
 
@@ -222,14 +254,17 @@ class Trainer:
                 self._run_phase(self.phases[phase])
         final = self.history[-1] if self.history and "test_top1" in self.history[-1] else None
         if final is None:
-            final = self._evaluate()
+            final = self._evaluate_all()
         result = self._result(final)
         self._write_result(result)
         return result
 
-    def _run_phase(self, active: list[int]) -> None:
+    def set_phase(self, active: list[int]) -> None:
         for module in self.net:
             module.train(module.index in active)  # frozen lower modules (greedy) run in eval mode
+
+    def _run_phase(self, active: list[int]) -> None:
+        self.set_phase(active)
         bar = tqdm(total=self.phase_steps, initial=self.position.phase_step, leave=False, dynamic_ncols=True,
                    disable=None if self.cfg.progress else True,
                    desc=f"{self.cfg.method} " + (f"module {active[0] + 1}/{len(self.net)}" if len(self.phases) > 1
@@ -294,8 +329,13 @@ class Trainer:
     def _step(self, x: torch.Tensor, y: torch.Tensor, active: list[int]) -> dict:
         return self.rule.train_step(self.net, x, y, active)
 
-    def _evaluate(self) -> dict:
-        return evaluate(self.net, self.rule, self.data, self.cfg.batch_size)
+    def _evaluate(self, split: str) -> dict:
+        return evaluate(self.net, self.rule, self.data.eval_batches(split, self.cfg.batch_size))
+
+    def _evaluate_all(self) -> dict:
+        """`test_top1`, `test_local_top1`, ... and, with --val-split, `val_top1`, ... too."""
+        return {f"{split}_{key}": value for split in self.data.eval_splits
+                for key, value in self._evaluate(split).items()}
 
     def _steps_per_epoch(self) -> int:
         return self.data.steps_per_epoch(self.cfg.batch_size)
@@ -319,17 +359,10 @@ class Trainer:
         if len(self.net.heads):
             save_torch(self.net.heads.state_dict(), out / HEADS_NAME)
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, active: list[int], measure: bool) -> dict:
-        _synchronize(self.device)
-        started = time.perf_counter()
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, active: list[int]) -> dict:
+        """One step of the rule on a batch; then the schedulers step and the losses are checked."""
         try:
-            if measure:
-                with measure_step(self.net.parameters(), self.device) as found:
-                    stats = self._step(x, y, active)
-                for key, value in found.items():
-                    self.measurements[key] = max(value, self.measurements.get(key, 0))
-            else:
-                stats = self._step(x, y, active)
+            stats = self._step(x, y, active)
         except ValueError as error:
             if "Expected more than 1 value per channel" not in str(error):
                 raise
@@ -337,10 +370,22 @@ class Trainer:
                             f"(training set of {self.data.num_train} samples, --batch-size {self.cfg.batch_size}); "
                             "use at least 2 samples per batch") from None
         self._step_schedulers(active)
-        _synchronize(self.device)
-        if not measure:  # the measured step carries hook overhead; keep it out of the timing
-            self.step_seconds.append(time.perf_counter() - started)
         self._check_finite(stats)
+        return stats
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, active: list[int], measure: bool) -> dict:
+        """`train_step`, timed; with `measure`, its FLOPs and activation memory are counted instead."""
+        if measure:
+            with measure_step(self.net.parameters(), self.device) as found:
+                stats = self.train_step(x, y, active)
+            for key, value in found.items():
+                self.measurements[key] = max(value, self.measurements.get(key, 0))
+            return stats
+        _synchronize(self.device)
+        started = time.perf_counter()
+        stats = self.train_step(x, y, active)
+        _synchronize(self.device)
+        self.step_seconds.append(time.perf_counter() - started)
         return stats
 
     def _check_finite(self, stats: dict) -> None:
@@ -385,11 +430,13 @@ class Trainer:
             row[_stat_column(key)] = round(scale * float(total) / max(1, count), 6)
         last_epoch = p.phase_step >= self.phase_steps and p.phase == len(self.phases) - 1
         if last_epoch or p.epoch % cfg.eval_every == 0:
-            evaluation = self._evaluate()
-            local = evaluation.pop("local_top1")
-            row.update({k: round(v, 4) for k, v in evaluation.items()})
-            row.update({f"test_local_top1_m{k}": round(v, 4) for k, v in enumerate(local) if v is not None})
-            row["_local_top1"] = local
+            evaluation = self._evaluate_all()
+            for key, value in evaluation.items():
+                if key.endswith("local_top1"):
+                    row.update({f"{key}_m{k}": round(v, 4) for k, v in enumerate(value) if v is not None})
+                else:
+                    row[key] = round(value, 4)
+            row["_local_top1"] = evaluation["test_local_top1"]
         self.history.append(row)
         self._write_log()
         self._save_checkpoint()
@@ -424,7 +471,8 @@ class Trainer:
             "epochs": round(self.position.global_step / self.steps_per_epoch / len(self.phases), 4),
             "epochs_logged": completed, "steps": self.position.global_step,
             "test_top1": final["test_top1"], "test_top5": final["test_top5"], "test_loss": final["test_loss"],
-            "local_top1": final.get("_local_top1", final.get("local_top1")),
+            "local_top1": final.get("_local_top1", final.get("test_local_top1")),
+            "val_split": cfg.val_split, "val_top1": final.get("val_top1"), "val_loss": final.get("val_loss"),
             "step_seconds": statistics.median(self.step_seconds) if self.step_seconds else None,
             "train_seconds": self.train_seconds,
             "flops_per_step": self.measurements.get("flops_per_step"),

@@ -4,14 +4,14 @@ Timing one configuration's whole run after another's compares them under differe
 process that starts half-way through makes the later configurations look slower. Here every
 configuration is built once and timed in rounds; in each round every configuration takes the same
 few steps on the same batches, one after another, in an order that rotates from round to round.
-A load that comes and goes falls on all configurations of the rounds it lasts, and the median over
-rounds drops the rounds it spoils. Beside wall time, the process CPU time (all threads) is
-recorded: another process on the machine barely changes it, so its ratios are the steadier ones
-when the machine is shared (it counts busy-waiting threads too, so compare it with the wall ratio).
+A load that comes and goes falls on all configurations of the rounds it lasts. Another process
+can only ever add time to a step, so each configuration's time is that of its fastest round
+(as `timeit` does); every round's time is kept too. Beside wall time, the process CPU time (all
+threads) is recorded, which another process changes less (though threads that wait for a core
+still spin and count, so compare it with the wall time).
 """
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -21,7 +21,7 @@ import torch
 
 @dataclass
 class StepTime:
-    """Seconds per training step of one configuration: medians over rounds, and every round."""
+    """Seconds per training step of one configuration: its fastest round, and every round."""
 
     wall: float
     cpu: float
@@ -62,5 +62,4 @@ def interleaved_step_times(trainers: dict, batches: Iterable[tuple[torch.Tensor,
             if round_index >= warmup:
                 wall[label].append((clock() - wall_start) / steps)
                 cpu[label].append((cpu_clock() - cpu_start) / steps)
-    return {label: StepTime(statistics.median(wall[label]), statistics.median(cpu[label]), wall[label], cpu[label])
-            for label in labels}
+    return {label: StepTime(min(wall[label]), min(cpu[label]), wall[label], cpu[label]) for label in labels}

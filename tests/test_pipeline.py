@@ -82,13 +82,15 @@ def assert_same_model(pipelined_dir, single_dir, exact=True):
 
 @pytest.mark.parametrize("schedule", ["sync", "async"])
 def test_pipelined_dgl_gives_the_parameters_of_one_process(tmp_path, schedule):
-    args = [*TINY, "--method", "dgl", "--modules", "4", "--epochs", "2", "--augment", "crop-flip"]
+    args = [*TINY, "--method", "dgl", "--modules", "4", "--epochs", "2", "--augment", "crop-flip", "--val-split",
+            "0.25"]
     single = single_process(args, tmp_path / "single")
     run_ok([*args, "--schedule", schedule, "--out", str(tmp_path / "piped")], world=2)
     assert_same_model(tmp_path / "piped", single)
     piped = json.loads((tmp_path / "piped" / "result.json").read_text())
     alone = json.loads((tmp_path / "single" / "result.json").read_text())
     assert piped["test_top1"] == alone["test_top1"] and piped["local_top1"] == alone["local_top1"]
+    assert piped["val_top1"] == alone["val_top1"] is not None
     assert piped["pipeline"]["stage_modules"] == [[0, 1], [2, 3]]
 
 

@@ -6,7 +6,7 @@ run is reproducible and can resume in the middle of an epoch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
@@ -55,9 +55,11 @@ class TensorData:
     y_test: torch.Tensor
     num_classes: int
     default_augment: str = "none"
-    mean: torch.Tensor | None = None  # per channel, set by standardize()
+    mean: torch.Tensor | None = None  # per channel, from the training set
     std: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
+    x_val: torch.Tensor | None = None  # a validation set held out of the training set (with_validation)
+    y_val: torch.Tensor | None = None
 
     def __post_init__(self):
         for split, x, y in (("training", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
@@ -80,9 +82,43 @@ class TensorData:
         return len(self.y_test)
 
     def to(self, device: torch.device) -> "TensorData":
-        for name in ("x_train", "y_train", "x_test", "y_test", "mean", "std"):
-            setattr(self, name, getattr(self, name).to(device))
+        for name in ("x_train", "y_train", "x_test", "y_test", "mean", "std", "x_val", "y_val"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
         return self
+
+    def with_validation(self, fraction: float, seed: int = 0) -> "TensorData":
+        """A copy whose training set gives `fraction` of every class's samples to a validation set.
+        The choice depends only on the data, the fraction and `seed` (not on the run's seed), so every
+        run and method of a comparison sees the same split; normalisation statistics come from the
+        rest, so nothing is learnt from the held-out samples."""
+        generator = torch.Generator().manual_seed(seed)
+        labels = self.y_train.cpu()
+        held = []
+        for c in range(self.num_classes):
+            members = (labels == c).nonzero().flatten()
+            members = members[torch.randperm(len(members), generator=generator)]
+            held.append(members[:min(len(members) - 1, round(fraction * len(members)))])
+        held = torch.cat(held).sort().values
+        if len(held) == 0:
+            raise UserError(f"{self.name}: --val-split {fraction} holds out no sample of {self.num_train}")
+        kept = torch.ones(self.num_train, dtype=torch.bool)
+        kept[held] = False
+        held, kept = held.to(self.y_train.device), kept.to(self.y_train.device)
+        return replace(self, x_train=self.x_train[kept], y_train=self.y_train[kept], x_val=self.x_train[held],
+                       y_val=self.y_train[held], mean=None, std=None)
+
+    @property
+    def eval_splits(self) -> tuple[str, ...]:
+        return ("val", "test") if self.y_val is not None else ("test",)
+
+    def eval_size(self, split: str) -> int:
+        return len(self.y_val if split == "val" else self.y_test)
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        x, y = (self.x_val, self.y_val) if split == "val" else (self.x_test, self.y_test)
+        for start in range(0, len(y), batch_size):
+            yield self._prepare(x[start:start + batch_size]), y[start:start + batch_size]
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
@@ -106,5 +142,4 @@ class TensorData:
             yield augment_batch(x, augment, augment_generator), self.y_train[index]
 
     def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, len(self.y_test), batch_size):
-            yield self._prepare(self.x_test[start:start + batch_size]), self.y_test[start:start + batch_size]
+        return self.eval_batches("test", batch_size)

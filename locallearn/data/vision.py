@@ -126,6 +126,18 @@ class FolderData:
         for x, y in self._loader("train", order, batch_size, augment, True, seed):
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
+    eval_splits = ("test",)  # --val-split needs an in-memory dataset
+
+    def eval_size(self, split: str) -> int:
+        return self.num_test
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.test_batches(batch_size)
+
+    def with_validation(self, fraction: float, seed: int = 0):
+        raise UserError(f"--val-split needs an in-memory dataset; {self.name} streams image folders (hold out "
+                        "a validation folder yourself)")
+
     def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         indices = list(range(len(self._datasets["val"])))
         for x, y in self._loader("val", indices, batch_size, "none", False):

@@ -35,11 +35,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from ..checkpointing import CHECKPOINT_NAME, load_checkpoint, save_json
 from ..config import TrainConfig
-from ..engine import Trainer
+from ..engine import Tally, Trainer, scored_modules
 from ..errors import UserError
 from ..module_state import evaluation_mode
 from ..rules import LocalRule
@@ -206,20 +205,19 @@ class PipelineTrainer(Trainer):
     def _step_schedulers(self, active: list[int]) -> None:
         super()._step_schedulers([k for k in active if k in self.owned])
 
-    def _evaluate(self) -> dict:
-        """A pipelined pass over the test set; every rank gets the merged metrics."""
+    def _evaluate(self, split: str) -> dict:
+        """A pipelined pass over the test (or validation) set; every rank gets the merged metrics."""
         if self.sender is not None:
             self.sender.flush(self.cfg.dist_timeout)  # training messages first
         if self.links is not None:
             self.links.drain()
-        correct = {k: 0 for k in self.owned}
-        top1 = top5 = n = 0
-        loss_sum = 0.0
+        tally = Tally(len(self.net))
+        scored = scored_modules(self.net, self.rule)
         batch_size = self.cfg.batch_size
         if self.layout.is_first:
-            batches = self.data.test_batches(batch_size)
+            batches = self.data.eval_batches(split, batch_size)
         else:
-            batches = ((None, None) for _ in range(math.ceil(self.data.num_test / batch_size)))
+            batches = ((None, None) for _ in range(math.ceil(self.data.eval_size(split) / batch_size)))
         with torch.no_grad(), evaluation_mode(self.net):
             for x, y in batches:
                 if self.prev_rank is not None:
@@ -227,29 +225,19 @@ class PipelineTrainer(Trainer):
                     x, y = tensors["inputs"], tensors["labels"]
                 h = x
                 for k in self.owned:
-                    module = self.net[k]
-                    h = module(h)
-                    if self.rule.uses_aux_heads or module.is_last:
-                        logits = self.rule.logits(module, h)
-                        correct[k] += int((logits.argmax(1) == y).sum())
+                    h = self.net[k](h)
+                    if scored[k]:
+                        logits = self.rule.logits(self.net[k], h)
+                        tally.add_local(k, logits, y)
                 if self.next_rank is not None:
                     send_message({"inputs": h, "labels": y}, {"step": -1}, self.next_rank, self.forward_group,
                                  self.device)
                 else:
-                    k = min(5, logits.shape[1])
-                    top = logits.topk(k, dim=1).indices
-                    top1 += int((top[:, 0] == y).sum())
-                    top5 += int((top == y[:, None]).any(1).sum())
-                    loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-                    n += len(y)
-        parts = self._gather({"correct": correct, "top1": top1, "top5": top5, "loss": loss_sum, "n": n})
-        last = next(p for p in parts if p["n"])
-        merged = {k: v for p in parts for k, v in p["correct"].items()}
-        total = self.data.num_test
-        local = [100.0 * merged[k] / total if (self.rule.uses_aux_heads or self.net[k].is_last) else None
-                 for k in range(len(self.net))]
-        return {"test_top1": 100.0 * last["top1"] / last["n"], "test_top5": 100.0 * last["top5"] / last["n"],
-                "test_loss": last["loss"] / last["n"], "local_top1": local}
+                    tally.add_output(logits, y)
+        # replicas see the same samples: merge the stages of replica 0
+        parts = self._gather(tally.counts)
+        stages = [parts[self.layout.rank_of(stage, 0)] for stage in range(self.layout.stages)]
+        return Tally.merged(stages).metrics(scored, self.data.eval_size(split))
 
     def _end_epoch(self, sums: dict, count: int, seconds: float) -> None:
         if self.links is not None:

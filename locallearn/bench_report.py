@@ -1,0 +1,168 @@
+"""The report of a bench: rows over seeds, ratios to the baseline, the settings chosen on
+validation, text tables and plots."""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+MEASURED = ("test_top1", "test_top5", "val_top1", "train_seconds", "peak_activation_bytes", "flops_per_step",
+            "peak_memory_bytes")
+RATIO_KEYS = {"step_seconds": "time", "cpu_seconds": "cpu", "peak_activation_bytes": "memory",
+              "flops_per_step": "flops"}
+
+
+def _mean_std(values: list) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(runs: list[dict], timing: dict | None = None) -> list[dict]:
+    """One row per (variant, K): mean and std over seeds, and ratios to bp (or to the first row).
+    `timing`: (label, K) -> StepTime of the interleaved timing; without it, the runs' median steps."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run.get("label", run["method"]), run["modules"]), []).append(run)
+    rows = []
+    for (label, k), group in groups.items():
+        row = {"method": label, "family": group[0].get("family", label), "modules": k,
+               "seeds": [r["seed"] for r in group]}
+        for key in MEASURED:
+            row[key], row[key + "_std"] = _mean_std([r.get(key) for r in group])
+        step = (timing or {}).get((label, k))
+        row["step_seconds"] = step.wall if step else _mean_std([r["step_seconds"] for r in group])[0]
+        row["cpu_seconds"] = step.cpu if step else None
+        row["timing"] = "interleaved" if step else "per run"
+        row["params"], row["aux_params"] = group[0]["params"], group[0]["aux_params"]
+        rows.append(row)
+    baseline = next((r for r in rows if r["method"] == "bp"), rows[0])
+    for row in rows:
+        row["baseline"] = f"{baseline['method']} K={baseline['modules']}"
+        for key, short in RATIO_KEYS.items():
+            ok = row[key] is not None and baseline[key]
+            row[f"{short}_ratio"] = row[key] / baseline[key] if ok else None
+    return rows
+
+
+def select_on_validation(rows: list[dict]) -> list[dict]:
+    """Per method spec with a grid and per K: the variant with the best mean validation top-1, and
+    its test top-1 (the only test number of the family that is reported as its result)."""
+    families: dict[tuple, list[dict]] = {}
+    for row in rows:
+        families.setdefault((row["family"], row["modules"]), []).append(row)
+    chosen = []
+    for (family, k), members in families.items():
+        if len(members) < 2:
+            continue
+        best = max(members, key=lambda r: r["val_top1"])  # the first of equals: the spec's order
+        chosen.append({"family": family, "modules": k, "chosen": best["method"], "val_top1": best["val_top1"],
+                       "val_top1_std": best["val_top1_std"], "test_top1": best["test_top1"],
+                       "test_top1_std": best["test_top1_std"], "seeds": best["seeds"],
+                       "candidates": {r["method"]: r["val_top1"] for r in members}})
+    return chosen
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _columns(lines: list[list[str]]) -> list[str]:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    text = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+            for line in lines]
+    text.insert(1, "-" * len(text[0]))
+    return text
+
+
+def _with_spread(mean, std, seeds) -> str:
+    return "-" if mean is None else f"{mean:.2f}" + (f" +-{std:.2f}" if len(seeds) > 1 else "")
+
+
+def format_table(rows: list[dict]) -> str:
+    validated = any(r["val_top1"] is not None for r in rows)
+    header = ["method", "K", "top-1 %", *(["val %"] if validated else []), "top-5 %", "step ms", "x time", "x cpu",
+              "act MiB", "x mem", "GFLOP/step", "x flops", "train s"]
+    lines = [header]
+    for r in rows:
+        lines.append([
+            r["method"], str(r["modules"]), _with_spread(r["test_top1"], r["test_top1_std"], r["seeds"]),
+            *([_with_spread(r["val_top1"], r["val_top1_std"], r["seeds"])] if validated else []),
+            f"{r['test_top5']:.2f}", _num(r["step_seconds"] and 1000 * r["step_seconds"], ".1f"),
+            _num(r["time_ratio"], ".2f"), _num(r["cpu_ratio"], ".2f"),
+            _num(r["peak_activation_bytes"] and r["peak_activation_bytes"] / 2 ** 20, ".2f"),
+            _num(r["memory_ratio"], ".3f"), _num(r["flops_per_step"] and r["flops_per_step"] / 1e9, ".3f"),
+            _num(r["flops_ratio"], ".2f"), _num(r["train_seconds"], ".1f")])
+    text = _columns(lines)
+    seeds = rows[0]["seeds"]
+    timing = ("interleaved, the fastest of the rounds (x cpu: process CPU time)" if rows[0]["timing"] == "interleaved"
+              else "the median step of each run")
+    text.append(f"ratios (x) are to {rows[0]['baseline']}; top-1 is the mean over seeds {seeds}"
+                + (" +- std" if len(seeds) > 1 else "") + f"; step time: {timing}")
+    return "\n".join(text)
+
+
+def format_selection(chosen: list[dict]) -> str:
+    lines = [["method (grid)", "K", "chosen on validation", "val %", "test %"]]
+    for c in chosen:
+        lines.append([c["family"], str(c["modules"]), c["chosen"],
+                      _with_spread(c["val_top1"], c["val_top1_std"], c["seeds"]),
+                      _with_spread(c["test_top1"], c["test_top1_std"], c["seeds"])])
+    return "\n".join(_columns(lines))
+
+
+def plot(rows: list[dict], out: Path) -> list[Path]:
+    """Accuracy against activation memory (each configuration a point) and, when several K were
+    run, accuracy, memory and time against K (each method a line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    measured = [r for r in rows if r["memory_ratio"] is not None]
+    if measured:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in measured:
+            ax.errorbar(r["memory_ratio"], r["test_top1"], yerr=r["test_top1_std"] or None, marker="o", capsize=3)
+            ax.annotate(f"{r['method']} K={r['modules']}", (r["memory_ratio"], r["test_top1"]), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")
+        ax.set_xlabel(f"peak activation memory / {rows[0]['baseline']}")
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "accuracy_memory.png", dpi=120)
+        plt.close(fig)
+        written.append(out / "accuracy_memory.png")
+    ks = sorted({r["modules"] for r in rows})
+    if len(ks) < 2:  # a line of one point says nothing
+        return written
+    panels = [("test_top1", "test top-1 (%)", "accuracy.png", 1.0),
+              ("peak_activation_bytes", "peak activation memory (MiB)", "memory.png", 2 ** -20),
+              ("step_seconds", "step time (ms)", "time.png", 1000.0)]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for key, label, name, scale in panels:
+        if all(r[key] is None for r in rows):  # not measured (--no-measure): no empty plot
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for method in methods:
+            mine = sorted((r for r in rows if r["method"] == method and r[key] is not None),
+                          key=lambda r: r["modules"])
+            if not mine:
+                continue
+            values = [scale * r[key] for r in mine]
+            if len(mine) == 1:
+                ax.axhline(values[0], linestyle="--", color="black" if method == "bp" else None, label=method)
+            else:
+                ax.plot([r["modules"] for r in mine], values, marker="o", label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlabel("number of modules K")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        written.append(out / name)
+    return written
