@@ -165,8 +165,12 @@ class Position:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, callbacks: Iterable[Callable[["Trainer"], None]] = (), data=None,
-                 state: dict | None = None):
-        """`data`: an already loaded dataset for `cfg.dataset` (bench reuses one for every run).
+                 state: dict | None = None, model=None):
+        """The engine takes objects; what is not given is built from the names in `cfg`.
+
+        `data`: a loaded data source (bench reuses one for every run; the Python API wraps a user's
+        arrays or Datasets). `model`: a LayeredModel, or a function `(input_shape, num_classes) ->
+        LayeredModel` called right after the seed is set (instead of `cfg.model` from the registry).
         `state`: the checkpoint of a resumed run when the caller has loaded it already."""
         cfg.validate()
         self.cfg = cfg
@@ -195,7 +199,13 @@ class Trainer:
         self.augment = cfg.augment or self.data.default_augment
 
         self._seed_everything(cfg.seed)  # the model's initial weights depend only on the seed
-        model = create_model(cfg.model, self.data.input_shape, self.data.num_classes, **cfg.model_kwargs)
+        if model is None:
+            model = create_model(cfg.model, self.data.input_shape, self.data.num_classes, **cfg.model_kwargs)
+        elif callable(model) and not isinstance(model, torch.nn.Module):
+            model = model(self.data.input_shape, self.data.num_classes)
+        if tuple(model.input_shape) != tuple(self.data.input_shape) or model.num_classes != self.data.num_classes:
+            raise UserError(f"the model is built for inputs {tuple(model.input_shape)} and {model.num_classes} classes, "
+                            f"the data has {tuple(self.data.input_shape)} and {self.data.num_classes}")
         n_modules = cfg.modules if cfg.modules is not None else (
             1 if self.rule.single_module else (None if cfg.split != "even" else DEFAULT_LOCAL_MODULES))
         if self.rule.single_module and cfg.split != "even":
