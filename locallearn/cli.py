@@ -17,7 +17,7 @@ DESCRIPTION = """Local learning for deep networks: train a model as K gradient-i
 each with its own local loss, and compare methods side by side on the same data and seed."""
 
 EPILOG = """examples:
-  locallearn bench                                   # the main job: bp vs greedy vs dgl on mnist1d
+  locallearn bench                                   # the quick start: bp, dgl, backlink, auglocal on mnist1d
   locallearn train --method dgl --model resnet32 --dataset cifar10 --modules 16 --out runs/r32
   locallearn train --resume --out runs/r32           # continue a stopped run
   locallearn bench --methods bp,dgl,checkpoint --model resnet110 --dataset synthetic \\
@@ -92,30 +92,30 @@ def add_rule_options(parser: argparse.ArgumentParser) -> None:
                                metavar=None if choices else name.split("_")[-1].upper(), **kwargs)
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, bench: bool) -> None:
+def add_run_arguments(parser: argparse.ArgumentParser, bench: bool, defaults: dict | None = None) -> None:
     from .data import AUGMENT_CHOICES, dataset_choices
     from .heads import HEADS
     from .models import model_names
     from .rules import RULES
     from .split import SPLIT_CHOICES
 
-    d = TrainConfig()
+    d = TrainConfig(**(defaults or {}))  # the defaults shown in --help
     what = parser.add_argument_group("what to train")
     what.add_argument("--config", metavar="FILE", help="a JSON file of settings (e.g. the config.json of a run); "
                                                        "flags given on the command line override it")
     if bench:
-        what.add_argument("--methods", default="bp,greedy,dgl",
-                          help=f"comma-separated methods to compare (default: bp,greedy,dgl); any of: "
+        what.add_argument("--methods", default=QUICKSTART_GRID["methods"],
+                          help=f"comma-separated methods to compare (default: {QUICKSTART_GRID['methods']}); any of: "
                                f"{', '.join(RULES.names())}. A method may be given in several variants, "
                                f"METHOD:option=value[:option=value...] with its own options or head, split, lr, "
                                f"e.g. dgl,sgr:sgr-lambda=0.1,sgr:sgr-lambda=1; a value a|b|c is a grid whose best "
                                f"setting is chosen on validation accuracy (needs --val-split), e.g. "
                                f"sgr:sgr-lambda=1|10|100:lr=0.02|0.05")
         what.add_argument("--modules", type=_int_list, default=None,
-                          help="comma-separated numbers of modules K to try (default: 4); single-module methods "
+                          help="comma-separated numbers of modules K to try (default: 8); single-module methods "
                                "(bp) run once with K=1")
         what.add_argument("--seeds", type=_int_list, default=None,
-                          help="comma-separated seeds; results are averaged (mean +- std) (default: 0)")
+                          help="comma-separated seeds; results are averaged (mean +- std) (default: 0,1,2)")
     else:
         what.add_argument("--method", help=f"learning rule (default: {d.method}); one of: {', '.join(RULES.names())}")
         what.add_argument("--modules", type=int, help="number of modules K for --split even "
@@ -200,8 +200,17 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool) -> None:
     add_rule_options(parser)
 
 
-def config_from_args(ns: argparse.Namespace, rule_option_names: list[str], **overrides) -> tuple[TrainConfig, dict]:
-    """The TrainConfig the flags describe, and the flags that were given explicitly."""
+# `locallearn bench` with no options is the quick start (README): a narrow 8-layer 1-D CNN on the
+# embedded mnist1d, where BP clearly beats DGL at K=8 and BackLink and AugLocal close the gap.
+QUICKSTART_GRID = {"methods": "bp,dgl,backlink,auglocal:aux-depth=2", "modules": [8], "seeds": [0, 1, 2]}
+QUICKSTART_RUN = {"model": "cnn1d", "model_kwargs": {"widths": (16, 16, 32, 32, 64, 64, 64, 64)}, "head": "linear",
+                  "epochs": 10}
+
+
+def config_from_args(ns: argparse.Namespace, rule_option_names: list[str], defaults: dict | None = None,
+                     **overrides) -> tuple[TrainConfig, dict]:
+    """The TrainConfig the flags describe, and the flags that were given explicitly. `defaults`
+    fill what neither the flags nor a --config file give (a default model brings its kwargs)."""
     given = {}
     for f in fields(TrainConfig):
         value = getattr(ns, f.name, None)
@@ -218,6 +227,10 @@ def config_from_args(ns: argparse.Namespace, rule_option_names: list[str], **ove
     settings = dict(given)
     if getattr(ns, "config", None):
         settings = {**load_config_file(ns.config), **given}
+    model_given = "model" in settings
+    for key, value in (defaults or {}).items():
+        if not (key == "model_kwargs" and model_given):  # the default model's kwargs would not fit another
+            settings.setdefault(key, value)
     return TrainConfig(**settings), given
 
 
@@ -283,7 +296,7 @@ def format_result(r: dict) -> str:
 def cmd_bench(ns: argparse.Namespace, rule_option_names: list[str]) -> int:
     from .bench import run_bench
 
-    base, given = config_from_args(ns, rule_option_names, modules=None)
+    base, given = config_from_args(ns, rule_option_names, defaults=QUICKSTART_RUN, modules=None)
     methods = [m.strip() for m in ns.methods.split(",") if m.strip()]
     if not methods:
         raise UserError("--methods needs at least one method")
@@ -293,7 +306,8 @@ def cmd_bench(ns: argparse.Namespace, rule_option_names: list[str]) -> int:
     if ns.timing_rounds < 0 or ns.timing_steps < 1:
         raise UserError("--timing-rounds must be >= 0 and --timing-steps >= 1")
     out = Path(ns.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-bench")
-    run_bench(base, methods, ns.modules or [4], ns.seeds or [0], out, ns.timing_rounds, ns.timing_steps)
+    run_bench(base, methods, ns.modules or QUICKSTART_GRID["modules"], ns.seeds or QUICKSTART_GRID["seeds"], out,
+              ns.timing_rounds, ns.timing_steps)
     return 0
 
 
@@ -354,8 +368,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
                                   description="Run a grid of methods x numbers of modules (x seeds) on the same "
                                               "data and seed; print a table with ratios to bp; write bench.json "
                                               "and PNG plots of accuracy against memory and of accuracy, memory "
-                                              "and time against K.")
-    add_run_arguments(bench_parser, bench=True)
+                                              "and time against K. With no options it runs the quick start: a "
+                                              "narrow 8-layer cnn1d (widths 16,16,32,32,64,64,64,64, linear heads, "
+                                              "10 epochs) on mnist1d, bp against dgl, backlink and auglocal (d=2) "
+                                              "at K=8, seeds 0,1,2; --model brings its own defaults instead.")
+    add_run_arguments(bench_parser, bench=True, defaults=QUICKSTART_RUN)
     choose = bench_parser.add_argument_group("choosing settings and timing")
     choose.add_argument("--lr-grid", type=_float_list, metavar="LR,LR,...",
                         help="choose every method's lr among these on validation accuracy (needs --val-split); a "

@@ -165,3 +165,16 @@ def test_config_file_gives_settings_and_flags_override_it(capsys, tmp_path):
     (tmp_path / "bad.json").write_text('{"lr": 0.1, "learning_rate": 3}')
     code, _, err = run_cli(["train", "--config", str(tmp_path / "bad.json")], capsys)
     assert code == 2 and "unknown settings learning_rate" in err
+
+
+def test_bench_defaults_are_the_quick_start_and_another_model_brings_its_own():
+    from locallearn.cli import QUICKSTART_GRID, QUICKSTART_RUN, build_parser, config_from_args
+
+    parser, names = build_parser()
+    cfg, _ = config_from_args(parser.parse_args(["bench"]), names, defaults=QUICKSTART_RUN)
+    assert (cfg.model, cfg.head, cfg.epochs, cfg.model_kwargs) == ("cnn1d", "linear", 10,
+                                                                   {"widths": (16, 16, 32, 32, 64, 64, 64, 64)})
+    assert parser.parse_args(["bench"]).methods == QUICKSTART_GRID["methods"] == "bp,dgl,backlink,auglocal:aux-depth=2"
+    cfg, _ = config_from_args(parser.parse_args(["bench", "--model", "resnet20", "--epochs", "3"]), names,
+                              defaults=QUICKSTART_RUN)
+    assert (cfg.model, cfg.model_kwargs, cfg.epochs, cfg.head) == ("resnet20", {}, 3, "linear")
