@@ -10,7 +10,7 @@ import time
 from dataclasses import fields, replace
 from pathlib import Path
 
-from .config import DEVICES, OPTIMIZERS, PIPELINE_SCHEDULES, SCHEDULES, TrainConfig
+from .config import AMP_DTYPES, DEVICES, OPTIMIZERS, PIPELINE_SCHEDULES, SCHEDULES, TrainConfig
 from .errors import Interrupted, NonFiniteLoss, UserError
 
 DESCRIPTION = """Local learning for deep networks: train a model as K gradient-isolated modules,
@@ -165,6 +165,14 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool, defaults: di
 
     run = parser.add_argument_group("running")
     run.add_argument("--device", choices=DEVICES, help=f"where to train (default: {d.device}: cuda if available)")
+    run.add_argument("--amp", choices=AMP_DTYPES,
+                     help="mixed precision: autocast to bf16, or fp16 with a gradient scaler per module (default: "
+                          "full precision)")
+    run.add_argument("--channels-last", action="store_true", default=None,
+                     help="NHWC memory layout of 2-d convolutions and their inputs (faster on GPUs)")
+    run.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                     help="torch.compile every layer and head (backend: inductor, or e.g. aot_eager to check); "
+                          "what cannot be compiled runs eagerly with a warning (SGR, forward gradients)")
     run.add_argument("--threads", type=int, help="CPU threads (default: the cores this process may use; more "
                                                  "threads than cores is much slower)")
     run.add_argument("--out", help="output directory (default: runs/<time>-<method>-<model>" +

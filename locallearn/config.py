@@ -10,12 +10,13 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 PIPELINE_SCHEDULES = ("sync", "async")
 DEVICES = ("auto", "cpu", "cuda")
+AMP_DTYPES = ("bf16", "fp16")
 
 # Settings a resumed run may change. Where the run writes, how long it runs and how it logs; and the
 # optimisation settings that do not change the shape of any saved state (after a non-finite loss the
 # run resumes from its last good checkpoint with a lower --lr). Everything else must match.
 RESUMABLE_CHANGES = ("epochs", "max_steps", "device", "threads", "progress", "eval_every", "checkpoint_every",
-                     "measure", "data_dir", "download", "out", "resume")
+                     "measure", "data_dir", "download", "out", "resume", "channels_last", "compile")
 OPTIMISATION_CHANGES = ("lr", "momentum", "weight_decay", "sched", "warmup_epochs")
 
 _TYPE_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
@@ -58,6 +59,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None      # None: the CPU cores this process may use
+    amp: str | None = None          # autocast to bf16 or fp16 (with a gradient scaler); None: full precision
+    channels_last: bool = False     # NHWC memory layout for 2-d convolutions (faster on GPUs)
+    compile: str | None = None      # torch.compile backend for every layer and head (None: eager)
     augment: str | None = None      # None: the dataset's default
     val_split: float = 0.0          # fraction of every class held out of training for validation (0: none)
     data_dir: str = "data"
@@ -112,6 +116,8 @@ class TrainConfig:
         positive("dist_timeout", self.dist_timeout)
         if self.max_staleness < 0:
             raise UserError(f"--max-staleness must be zero or positive, got {self.max_staleness}")
+        if self.amp is not None and self.amp not in AMP_DTYPES:
+            raise UserError(f"unknown --amp {self.amp!r}; choose one of: {', '.join(AMP_DTYPES)}")
         for name, value, choices in (("optimizer", self.optimizer, OPTIMIZERS), ("sched", self.sched, SCHEDULES),
                                      ("device", self.device, DEVICES), ("schedule", self.schedule, PIPELINE_SCHEDULES)):
             if value not in choices:

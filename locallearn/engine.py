@@ -47,6 +47,7 @@ from .module_state import evaluation_mode
 from .network import ModularNet
 from .optim import make_optimizer, make_scheduler
 from .rules import RULES, Rule, rule_options
+from .speed import autocast, channels_last, compile_layers, eager, grad_scaler
 from .split import split_layers
 
 DEFAULT_LOCAL_MODULES = 4
@@ -222,6 +223,15 @@ class Trainer:
         self.net = ModularNet(model, ranges, make_head)
         self.rule.setup(self.net)
         self.net.to(self.device)
+        if cfg.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if cfg.amp == "fp16" and not self.rule.scales_losses:
+            raise UserError(f"--amp fp16 needs a gradient scaler in every backward of method {cfg.method}, which it "
+                            "does not have yet; use --amp bf16 (float32's range, no scaler needed)")
+        for module in self.net:
+            module.scaler = grad_scaler(self.device, cfg.amp)
+        if cfg.compile:
+            compile_layers(self.net, self.rule, cfg.compile)
 
         self.phases = self.rule.phases(len(self.net))
         self.steps_per_epoch = self._steps_per_epoch()
@@ -340,12 +350,16 @@ class Trainer:
         return self.rule.train_step(self.net, x, y, active)
 
     def _evaluate(self, split: str) -> dict:
-        return evaluate(self.net, self.rule, self.data.eval_batches(split, self.cfg.batch_size))
+        batches = self.data.eval_batches(split, self.cfg.batch_size)
+        if self.cfg.channels_last:
+            batches = ((channels_last(x), y) for x, y in batches)
+        return evaluate(self.net, self.rule, batches)
 
     def _evaluate_all(self) -> dict:
         """`test_top1`, `test_local_top1`, ... and, with --val-split, `val_top1`, ... too."""
-        return {f"{split}_{key}": value for split in self.data.eval_splits
-                for key, value in self._evaluate(split).items()}
+        with autocast(self.device, self.cfg.amp):
+            return {f"{split}_{key}": value for split in self.data.eval_splits
+                    for key, value in self._evaluate(split).items()}
 
     def _steps_per_epoch(self) -> int:
         return self.data.steps_per_epoch(self.cfg.batch_size)
@@ -371,8 +385,11 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, active: list[int]) -> dict:
         """One step of the rule on a batch; then the schedulers step and the losses are checked."""
+        if self.cfg.channels_last:
+            x = channels_last(x)
         try:
-            stats = self._step(x, y, active)
+            with autocast(self.device, self.cfg.amp):
+                stats = self._step(x, y, active)
         except ValueError as error:
             if "Expected more than 1 value per channel" not in str(error):
                 raise
@@ -386,7 +403,7 @@ class Trainer:
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, active: list[int], measure: bool) -> dict:
         """`train_step`, timed; with `measure`, its FLOPs and activation memory are counted instead."""
         if measure:
-            with measure_step(self.net.parameters(), self.device) as found:
+            with eager(bool(self.cfg.compile)), measure_step(self.net.parameters(), self.device) as found:
                 stats = self.train_step(x, y, active)
             for key, value in found.items():
                 self.measurements[key] = max(value, self.measurements.get(key, 0))
@@ -536,6 +553,7 @@ class Trainer:
             "model": self.net.model.state_dict(), "heads": self.net.heads.state_dict(),
             "optimizers": [m.optimizer.state_dict() for m in self.net],
             "schedulers": [m.scheduler.state_dict() for m in self.net],
+            "scalers": [m.scaler.state_dict() if m.scaler is not None else None for m in self.net],
             "rule": self.rule.state_dict(), "history": self.history, "step_seconds": self.step_seconds,
             "train_seconds": self.train_seconds + (elapsed if self.position.batch else 0.0),
             "measurements": self.measurements, "resumes": self.resumes,
@@ -558,6 +576,9 @@ class Trainer:
                                                       strict=True):
                 module.optimizer.load_state_dict(opt_state)
                 module.scheduler.load_state_dict(sched_state)
+            for module, scaler_state in zip(self.net, state["scalers"], strict=True):
+                if module.scaler is not None:
+                    module.scaler.load_state_dict(scaler_state)
             self.rule.load_state_dict(state["rule"])
             self.position = Position(**state["position"])
             rng = state["rng"]

@@ -26,9 +26,22 @@ class LocalModule(nn.Module):
         self.body, self.head = body, head
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
+        self.scaler: torch.amp.GradScaler | None = None  # --amp fp16 (speed.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """`loss.backward()`, scaled under --amp fp16."""
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self) -> None:
+        """The optimizer step; under --amp fp16, after unscaling, and skipped on inf/NaN gradients."""
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

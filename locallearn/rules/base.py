@@ -68,6 +68,11 @@ class Rule:
     summary: ClassVar[str] = ""
     uses_aux_heads: ClassVar[bool] = True   # False: modules get no auxiliary heads (bp, checkpoint)
     single_module: ClassVar[bool] = False   # True: the rule only makes sense with --modules 1
+    # --amp fp16 (speed.py): the rule's backward and steps go through LocalModule.backward/step
+    scales_losses: ClassVar[bool] = False
+    # --compile: AOTAutograd differentiates once, in reverse mode (speed.py)
+    compilable: ClassVar[bool] = True
+    compilable_reason: ClassVar[str] = ""
 
     def build_head(self, model: LayeredModel, k: int, layers: range, head: str, head_kwargs: dict) -> nn.Module:
         """The auxiliary head of module k (< K-1), which holds `model.layers[layers]`; `head` and
@@ -104,6 +109,8 @@ class Rule:
 class LocalRule(Rule):
     """Simultaneous local learning (DGL): every module learns from its own head's loss."""
 
+    scales_losses = True  # as long as a subclass keeps this module_step (or its backward/step calls)
+
     # a rule with a `reforward` option field (dgl, sgr) overrides this; see `next_input`
     reforward = False
 
@@ -138,8 +145,8 @@ class LocalRule(Rule):
         outputs = module(inputs)
         loss = self.local_loss(module, inputs, outputs, y, message, stats)
         module.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        module.optimizer.step()
+        module.backward(loss)
+        module.step()
         return self.next_input(module, inputs, outputs), {}
 
     def next_input(self, module: LocalModule, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:

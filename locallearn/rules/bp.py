@@ -17,11 +17,19 @@ from .registry import RULES
 
 
 def _step_all(net: ModularNet, loss: torch.Tensor) -> None:
+    """One backward of the global loss, then every module's step (under --amp fp16 one scaler,
+    module 1's, serves all: there is one loss)."""
+    scaler = net[0].scaler
     for module in net:
         module.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (scaler.scale(loss) if scaler is not None else loss).backward()
     for module in net:
-        module.optimizer.step()
+        if scaler is None:
+            module.optimizer.step()
+        else:
+            scaler.step(module.optimizer)
+    if scaler is not None:
+        scaler.update()
 
 
 @RULES.register("bp")
@@ -33,6 +41,7 @@ class Backprop(Rule):
     summary = "global end-to-end back-propagation (use --modules 1)"
     uses_aux_heads = False
     single_module = True
+    scales_losses = True
 
     def train_step(self, net: ModularNet, x: torch.Tensor, y: torch.Tensor, active: Sequence[int]) -> Stats:
         logits = net.model(x)
@@ -68,6 +77,7 @@ class Checkpointed(Rule):
     name = "checkpoint"
     summary = "BP with torch.utils.checkpoint per module (the memory baseline)"
     uses_aux_heads = False
+    scales_losses = True
 
     def train_step(self, net: ModularNet, x: torch.Tensor, y: torch.Tensor, active: Sequence[int]) -> Stats:
         # the reentrant checkpoint only back-propagates into segments whose input requires grad

@@ -68,6 +68,8 @@ class BPFreeRule(Rule):
     """The unit chain of the network and the rule's fixed random matrices (`self.matrices`)."""
 
     uses_aux_heads = False
+    compilable = False
+    compilable_reason = "per-unit backward passes of its own, SGR's double backward"
 
     def setup(self, net: ModularNet) -> None:
         model = net.model

@@ -113,6 +113,8 @@ class ForwardGradient(Rule):
 
     name = "fwdgrad"
     summary = "forward gradient: a global/local/intermediate target projected on a local, NTK or random guess"
+    compilable = False
+    compilable_reason = "forward-mode derivatives (JVPs)"
 
     target: str = option("global", "gradient target: global = end-to-end loss, local = the block's auxiliary "
                                    "loss, intermediate = the next block's auxiliary loss", TARGETS)

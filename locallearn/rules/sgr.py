@@ -116,6 +116,9 @@ class SuccessiveGradientReconciliation(LocalRule, SGROptions):
 
     name = "sgr"
     summary = "successive gradient reconciliation (local-BP): dgl + lambda * ||dL_k/dx - dL_{k-1}/dx||^2"
+    scales_losses = False  # its double backward bypasses LocalModule.backward (no fp16 scaler yet)
+    compilable = False
+    compilable_reason = "double backward, which AOTAutograd does not support"
 
     reforward: bool = reforward_option(False)
 
