@@ -15,7 +15,7 @@ DEVICES = ("auto", "cpu", "cuda")
 # optimisation settings that do not change the shape of any saved state (after a non-finite loss the
 # run resumes from its last good checkpoint with a lower --lr). Everything else must match.
 RESUMABLE_CHANGES = ("epochs", "max_steps", "device", "threads", "progress", "eval_every", "checkpoint_every",
-                     "measure", "data_dir", "download", "out", "resume")
+                     "measure", "data_dir", "download", "out", "resume", "tensorboard")
 OPTIMISATION_CHANGES = ("lr", "momentum", "weight_decay", "sched", "warmup_epochs")
 
 _TYPE_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
@@ -72,6 +72,7 @@ class TrainConfig:
     eval_every: int = 1             # epochs between test evaluations (the final one always runs)
     measure: bool = True            # FLOPs and activation bytes at the first step of each phase
     progress: bool = True
+    tensorboard: bool = False       # also write every log.csv column as TensorBoard scalars under OUT/tensorboard
     # one group of modules per process, launched with torchrun (distributed/pipeline.py)
     pipeline: bool = False
     schedule: str = "async"         # sync: lock-step, for checking; async: stages run ahead
@@ -118,6 +119,8 @@ class TrainConfig:
                 raise UserError(f"unknown --{name} {value!r}; choose one of: {', '.join(choices)}")
         if self.resume and not self.out:
             raise UserError("--resume needs --out DIR, the directory of the run to continue")
+        if self.tensorboard and not self.out:
+            raise UserError("--tensorboard writes under --out DIR/tensorboard: give --out")
 
     def to_dict(self) -> dict:
         return asdict(self)
