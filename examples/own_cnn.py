@@ -25,7 +25,7 @@ def network() -> nn.Sequential:
                          nn.Sequential(nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(64, 10)))
 
 
-settings = dict(data="mnist1d", epochs=15, progress=not QUICK)
+settings = dict(data="mnist1d", epochs=10, progress=not QUICK)
 if QUICK:  # a smaller mnist1d, two steps, no FLOP/memory measurement
     settings.update(dataset_kwargs={"samples": 500}, epochs=1, max_steps=2, measure=False)
 for method, options in [("bp", {}),                                       # end-to-end back-propagation
