@@ -176,3 +176,17 @@ def test_no_registry_is_touched_so_a_cell_can_run_again():
         assert result["model"] == "Net"
     from locallearn.models import MODELS
     assert "Net" not in MODELS and "Sequential" not in MODELS
+
+
+def test_resume_of_a_named_model_needs_only_the_directory(tmp_path):
+    expected = locallearn.train(tiny_config(epochs=2, out=str(tmp_path / "whole")))
+
+    def stop_after_five(trainer):
+        trainer.stop_requested = trainer.position.global_step >= 5
+
+    with pytest.raises(Interrupted):
+        locallearn.train(tiny_config(epochs=2, out=str(tmp_path / "run")), callbacks=[stop_after_five])
+    result = locallearn.train(resume=True, out=str(tmp_path / "run"))
+    assert result["steps"] == expected["steps"] == 8 and result["test_loss"] == expected["test_loss"]
+    with pytest.raises(UserError, match="these flags differ from it: --method \\(only --epochs"):
+        locallearn.train(resume=True, out=str(tmp_path / "run"), lr=0.3, method="sgr")
