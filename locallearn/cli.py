@@ -191,6 +191,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool, defaults: di
                               "e.g. a lower --lr after a non-finite loss; result.json lists the changes)")
         run.add_argument("--checkpoint-every", type=int,
                          help="also checkpoint every N steps (default: at the end of every epoch)")
+        run.add_argument("--tensorboard", action="store_true", default=None,
+                         help="also write every log.csv column as TensorBoard scalars under OUT/tensorboard "
+                              "(needs the tensorboard package: pip install 'locallearn[tensorboard]')")
         dist = parser.add_argument_group("pipeline (one group of modules per process; launch with torchrun "
                                          "--nproc-per-node W -m locallearn train --pipeline ...)")
         dist.add_argument("--pipeline", action="store_true", default=None,
@@ -262,8 +265,8 @@ def _default_out(method: str, model: str) -> str:
 
 
 def cmd_train(ns: argparse.Namespace, rule_option_names: list[str]) -> int:
+    from .api import run
     from .checkpointing import resumed_config
-    from .engine import Trainer
 
     cfg, given = config_from_args(ns, rule_option_names)
     state = None
@@ -280,7 +283,7 @@ def cmd_train(ns: argparse.Namespace, rule_option_names: list[str]) -> int:
         if result is None:  # not rank 0
             return 0
     else:
-        result = Trainer(cfg, state=state).fit()
+        result = run(cfg, state=state)  # the Python API's path: objects built from the names, then the engine
     print(format_result(result))
     files = ["result.json", "log.csv", "model.pt"] + (["heads.pt"] if result["aux_params"] else [])
     print(f"results in {cfg.out}/ ({', '.join(files)}, checkpoint.pt)")

@@ -16,7 +16,7 @@ AMP_DTYPES = ("bf16", "fp16")
 # optimisation settings that do not change the shape of any saved state (after a non-finite loss the
 # run resumes from its last good checkpoint with a lower --lr). Everything else must match.
 RESUMABLE_CHANGES = ("epochs", "max_steps", "device", "threads", "progress", "eval_every", "checkpoint_every",
-                     "measure", "data_dir", "download", "out", "resume", "channels_last", "compile")
+                     "measure", "data_dir", "download", "out", "resume", "channels_last", "compile", "tensorboard")
 OPTIMISATION_CHANGES = ("lr", "momentum", "weight_decay", "sched", "warmup_epochs")
 
 _TYPE_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
@@ -76,6 +76,7 @@ class TrainConfig:
     eval_every: int = 1             # epochs between test evaluations (the final one always runs)
     measure: bool = True            # FLOPs and activation bytes at the first step of each phase
     progress: bool = True
+    tensorboard: bool = False       # also write every log.csv column as TensorBoard scalars under OUT/tensorboard
     # one group of modules per process, launched with torchrun (distributed/pipeline.py)
     pipeline: bool = False
     schedule: str = "async"         # sync: lock-step, for checking; async: stages run ahead
@@ -124,6 +125,8 @@ class TrainConfig:
                 raise UserError(f"unknown --{name} {value!r}; choose one of: {', '.join(choices)}")
         if self.resume and not self.out:
             raise UserError("--resume needs --out DIR, the directory of the run to continue")
+        if self.tensorboard and not self.out:
+            raise UserError("--tensorboard writes under --out DIR/tensorboard: give --out")
 
     def to_dict(self) -> dict:
         return asdict(self)

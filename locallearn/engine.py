@@ -49,6 +49,7 @@ from .optim import make_optimizer, make_scheduler
 from .rules import RULES, Rule, rule_options
 from .speed import autocast, channels_last, compile_layers, eager, grad_scaler
 from .split import split_layers
+from .tensorboard_log import TensorBoardLog
 
 DEFAULT_LOCAL_MODULES = 4
 # what a run writes into --out; a directory holding any of them is a run that must not be overwritten
@@ -179,6 +180,7 @@ class Trainer:
         self.stop_requested = False
         self.stop_signal = signal.SIGINT
         self.out = Path(cfg.out) if cfg.out else None
+        self.tensorboard = TensorBoardLog() if cfg.tensorboard else None  # fails now if tensorboard is missing
         if self.out:  # checked before anything slow is built
             prepare_out_dir(self.out, RUN_FILES, cfg.resume, "a run")
         if state is None:
@@ -522,6 +524,8 @@ class Trainer:
         writer.writeheader()
         writer.writerows(self.history)
         save_text(buffer.getvalue(), self.out / "log.csv")
+        if self.tensorboard:
+            self.tensorboard.write(self.history[-1], self.out / "tensorboard")
 
     # ------------------------------------------------------------------- checkpoints
     def _checkpoint_to_resume(self) -> dict | None:
@@ -651,6 +655,3 @@ class Trainer:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
-
-def train(cfg: TrainConfig, callbacks: Iterable[Callable[[Trainer], None]] = ()) -> dict:
-    return Trainer(cfg, callbacks).fit()

@@ -77,6 +77,14 @@ def load_npz(path: str, layout: str = "auto") -> TensorData:
         raise UserError(f"dataset file {path} does not exist") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise UserError(f"{path} is not a readable .npz file: {error}") from None
+    return arrays_to_data(name=path.rsplit("/", 1)[-1], arrays=arrays, layout=layout, where=path)
+
+
+def arrays_to_data(name: str, arrays: dict, layout: str = "auto", where: str | None = None) -> TensorData:
+    """TensorData from numpy arrays `x_train, y_train, x_test, y_test` in any accepted layout (an .npz
+    file's, or a user's arrays given to the Python API); `where` names them in errors."""
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown npz layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
     try:
         x_train = _inputs(arrays["x_train"], "x_train", layout)
         x_test = _inputs(arrays["x_test"], "x_test", layout)
@@ -88,7 +96,6 @@ def load_npz(path: str, layout: str = "auto") -> TensorData:
         y_train = _labels(arrays["y_train"], "y_train", len(x_train))
         y_test = _labels(arrays["y_test"], "y_test", len(x_test))
     except ValueError as error:
-        raise UserError(f"{path}: {error}") from None
+        raise UserError(f"{where or name}: {error}") from None
     num_classes = int(y_train.max()) + 1  # the classes are those of the training set (checked by TensorData)
-    name = path.rsplit("/", 1)[-1]
     return TensorData(name, x_train, y_train, x_test, y_test, num_classes=num_classes)
