@@ -119,3 +119,19 @@ def test_every_model_splits_at_every_k_and_trains_one_step(name):
 def test_every_head_fits_every_feature_shape(head, shape):
     out = build_head(head, shape, 5).train()(torch.randn(3, *shape))
     assert out.shape == (3, 5)
+
+
+def test_plain_resnet18_is_the_forward_gradient_papers_layerwise_model():
+    """Section 4.1: ResNet-18 without skip connections, 16 blocks, the first of two layers."""
+    from locallearn.split import split_layers
+
+    plain = create_model("resnet18", (3, 32, 32), 10, stem="cifar", plain=True)
+    residual = create_model("resnet18", (3, 32, 32), 10, stem="cifar")
+    assert len(plain.layers) == 17 and all(len(layer) == 3 for layer in plain.layers)  # conv, BN, ReLU each
+    shortcuts = sum(p.numel() for layer in residual.layers[1:] if getattr(layer, "downsample", None) is not None
+                    for p in layer.downsample.parameters())
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(plain) == count(residual) - shortcuts  # the same convolutions, no 1x1 projections
+    assert [len(r) for r in split_layers(17, plain.stages, "even", 16)] == [2] + [1] * 15
+    with pytest.raises(UserError, match="plain=True splits BasicBlocks into their convolutions"):
+        create_model("resnet50", (3, 32, 32), 10, plain=True)

@@ -4,6 +4,11 @@ Layers: the stem, then one layer per residual block (ResNet-18 has 9 layers, Res
 ResNet-101 34). `stem="imagenet"` is the 7x7/2 conv + 3x3/2 max-pool; `stem="cifar"` the 3x3/1
 conv without pooling used for 32x32 images (forward-gradient paper, appendix A.1); `stem="auto"`
 picks the CIFAR stem when the input is at most 64 pixels on its largest side.
+
+`plain=True` (ResNet-18/34) is the same network without skip connections, one layer per
+convolution (conv-BN-ReLU): the forward-gradient paper's layer-wise model, "ResNet-18 without
+skip-connections divided into 16 blocks ... except for the first block which contains two layers"
+(section 4.1): 17 layers, which `--modules 16` cuts exactly so.
 """
 from __future__ import annotations
 
@@ -40,9 +45,18 @@ BLOCKS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottle
           101: ("bottleneck", (3, 4, 23, 3))}
 
 
-def resnet_imagenet(input_shape, num_classes, depth: int = 18, stem: str = "auto", width: int = 64) -> LayeredModel:
+def _plain_layers(dims: int, cin: int, cout: int, stride: int) -> list[nn.Module]:
+    """A BasicBlock's two convolutions as two layers, without its skip connection."""
+    return [nn.Sequential(conv(dims, cin, cout, 3, stride), batchnorm(dims, cout), nn.ReLU(inplace=True)),
+            nn.Sequential(conv(dims, cout, cout, 3, 1), batchnorm(dims, cout), nn.ReLU(inplace=True))]
+
+
+def resnet_imagenet(input_shape, num_classes, depth: int = 18, stem: str = "auto", width: int = 64,
+                    plain: bool = False) -> LayeredModel:
     if depth not in BLOCKS:
         raise ValueError(f"ImageNet ResNet depth must be one of {sorted(BLOCKS)}, got {depth}")
+    if plain and BLOCKS[depth][0] != "basic":
+        raise ValueError(f"plain=True splits BasicBlocks into their convolutions: ResNet-18 or -34, not {depth}")
     dims = spatial_dims(input_shape)
     if dims == 0:
         raise ValueError("ResNets need inputs with a spatial dimension")
@@ -61,7 +75,11 @@ def resnet_imagenet(input_shape, num_classes, depth: int = 18, stem: str = "auto
         channels = width * 2 ** stage
         for i in range(count):
             stride = 2 if stage > 0 and i == 0 else 1
-            if kind == "basic":
+            if plain:
+                layers += _plain_layers(dims, cin, channels, stride)
+                stages += [stage]  # one more: the block's second convolution
+                cin = channels
+            elif kind == "basic":
                 layers.append(BasicBlock(dims, cin, channels, stride))
                 cin = channels
             else:
