@@ -1,7 +1,7 @@
 """fwdgrad (Fournier et al., ICML 2023) against the paper's equations: forward mode equals the
-emulation by backward passes, guess = target gives the exact gradient, random guesses are
-unbiased, activity estimates stay inside their block, and forward mode keeps no activation of the
-blocks above."""
+emulation by backward passes, guess = target gives the exact gradient, random guesses have the
+expected mean, activity estimates stay inside their block, and forward mode keeps no activation of
+the blocks above. The weight-space estimate against the authors' code: test_reference_fwdgrad.py."""
 import math
 
 import pytest
@@ -17,6 +17,7 @@ from locallearn.analyze import ANALYSES
 from locallearn.cli import main
 from locallearn.errors import UserError
 from locallearn.measure import ActivationMeter
+from locallearn.per_sample import BlockTensors
 from locallearn.rules.fwdgrad import ForwardGradient, _ExplicitTarget, _ForwardMode
 
 # lr 1 without momentum or weight decay: a parameter moves by exactly minus the gradient handed to SGD
@@ -24,6 +25,10 @@ PLAIN_SGD = dict(lr=1.0, momentum=0.0, weight_decay=0.0)
 # a network with no BatchNorm anywhere (the mlp head has none either): samples never interact
 NO_BN = dict(model="mlp", model_kwargs={"depth": 4, "width": 16, "batchnorm": False}, head="mlp",
              head_kwargs={"width": 16})
+# a 4-layer ResNet (stem + 3 blocks): per-sample x per-tensor JVPs through BatchNorm take one JVP per
+# sample and tensor, so the jvp tests of the default granularity use this one and small batches
+SMALL_RESNET = dict(model_kwargs={"width": 4, "depth": 8})
+BLOCK = dict(projection_granularity="block")
 
 
 def make_trainer(method="fwdgrad", modules=3, head="fg-linear", settings=None, **options):
@@ -49,14 +54,17 @@ def one_update(trainer, seed=0, batch=8):
 
 # ------------------------------------------------------------------ jvp == emulate
 @pytest.mark.parametrize("settings,options", [
-    ({}, dict(space="weight", guess="local")),
+    (SMALL_RESNET, dict(space="weight", guess="local", batch=4)),  # B JVPs per tensor through the BNs
+    ({}, dict(space="weight", guess="local", **BLOCK)),
     ({}, dict(space="activity", guess="local")),  # per-sample: one JVP per sample through the BNs
-    ({}, dict(space="weight", guess="gaussian")),
+    (SMALL_RESNET, dict(space="weight", guess="gaussian", batch=4)),
+    ({}, dict(space="weight", guess="gaussian", random_scale="unbiased", **BLOCK)),
     ({}, dict(space="activity", guess="rademacher", target="intermediate")),
-    ({}, dict(space="weight", guess="ntk")),
+    ({}, dict(space="weight", guess="ntk", **BLOCK)),
     ({}, dict(space="activity", guess="local", projection="span", batch=4)),  # B x rank JVPs per block
-    ({}, dict(space="weight", guess="gaussian", target="local")),
-    (NO_BN, dict(space="weight", guess="local", target="intermediate")),
+    (SMALL_RESNET, dict(space="weight", guess="gaussian", target="local", batch=4)),
+    (NO_BN, dict(space="weight", guess="local", target="intermediate")),  # one JVP per tensor
+    (NO_BN, dict(space="weight", guess="fixed-ntk", **BLOCK)),
     (NO_BN, dict(space="activity", guess="local")),  # per-sample from a single JVP
     (NO_BN, dict(space="activity", guess="gaussian")),
     (NO_BN, dict(space="activity", guess="fixed-ntk", projection="span")),
@@ -85,7 +93,7 @@ def test_forward_mode_training_follows_the_emulation_with_batchnorm_statistics()
     runs = []
     for mode in ("jvp", "emulate"):
         trainer = Trainer(tiny_config(method="fwdgrad", modules=3, head="fg-linear", lr=0.05,
-                                      rule_options={"fwd_mode": mode}))
+                                      rule_options={"fwd_mode": mode, **BLOCK}))
         trainer.fit()  # 4 steps with momentum and weight decay
         runs.append(parameters_of(trainer))
     for key in runs[0]:
@@ -93,34 +101,46 @@ def test_forward_mode_training_follows_the_emulation_with_batchnorm_statistics()
 
 
 # ------------------------------------------------------------------ guess = target
+SPACES = [dict(space="weight"), dict(space="weight", **BLOCK), dict(space="activity")]
+
+
 @pytest.mark.parametrize("fwd_mode", ["jvp", "emulate"])
-@pytest.mark.parametrize("space", ["weight", "activity"])
+@pytest.mark.parametrize("space", SPACES)
 def test_local_guess_of_the_local_target_is_the_exact_local_gradient(space, fwd_mode):
-    """Guess = target: every estimate equals its target, so the update is dgl's exactly (the paper's
-    "local learning", Table 4)."""
-    forward, _ = one_update(make_trainer(target="local", guess="local", space=space, fwd_mode=fwd_mode))
-    dgl, _ = one_update(make_trainer(method="dgl"))
+    """Guess = target: every estimate equals its target (the per-sample ones sum to it), so the update
+    is dgl's exactly (the paper's "local learning", Table 4)."""
+    forward, _ = one_update(make_trainer(settings=SMALL_RESNET, target="local", guess="local", fwd_mode=fwd_mode,
+                                         **space), batch=4)
+    dgl, _ = one_update(make_trainer(method="dgl", settings=SMALL_RESNET), batch=4)
     for key in dgl:
         if dgl[key].is_floating_point():
             torch.testing.assert_close(forward[key], dgl[key], rtol=1e-5, atol=1e-7, msg=key)
 
 
-@pytest.mark.parametrize("space", ["weight", "activity"])
+@pytest.mark.parametrize("space", SPACES)
 def test_guess_equal_to_the_global_target_gives_the_global_gradient_through_forward_mode(space):
-    """Eq. 1 with u = g: <g, g> / ||g||^2 g = g, where <g, g> comes from a JVP through two BN blocks
-    and the classifier, i.e. the forward-mode derivative matches back-propagation."""
-    trainer = make_trainer(space=space)
+    """Eq. 1 with u = g: <g, g> / ||g||^2 g = g, where <g, g> comes from JVPs through BN blocks and
+    the classifier, i.e. the forward-mode derivatives match back-propagation. Per sample and tensor,
+    the guesses are the per-sample targets g_i^t and their estimates sum to the batch gradient."""
+    trainer = make_trainer(settings=SMALL_RESNET, fwd_mode="jvp", **space)
     net, rule = trainer.net, trainer.rule
-    x, y = a_batch(trainer)
+    x, y = a_batch(trainer, 4)
     block = net[0]
     inputs = x.detach()
-    output = block.body(inputs)
+    tensors = BlockTensors(block.body)
+    with tensors.recording(keep_outputs=True) as recorded:
+        output = block.body(inputs)
     params = [p for p in block.body.parameters()]
     loss = F.cross_entropy(net[2].head(net[2].body(net[1].body(output))), y)
-    wrt = params if space == "weight" else [output]
-    exact = [g.detach() for g in torch.autograd.grad(loss, wrt)]
-    oracle = _ForwardMode(block, inputs, output, rule._target_path(net, 0), y, exact=True)
-    estimate = rule._estimate(exact, oracle)
+    if rule.per_sample_tensor:
+        exact = [g.detach() for g in torch.autograd.grad(loss, params, retain_graph=True)]
+        guess = tensors.gradients(recorded, torch.autograd.grad(loss, tensors.outputs(recorded)))
+    else:
+        exact = [g.detach() for g in torch.autograd.grad(loss, params if rule.space == "weight" else [output])]
+        guess = exact
+    oracle = _ForwardMode(block, inputs, output, rule._target_path(net, 0), y, exact=True, tensors=tensors,
+                          recorded=recorded)
+    estimate = rule._estimate(guess, oracle)
     for found, wanted in zip(estimate, exact):
         torch.testing.assert_close(found, wanted, rtol=1e-4, atol=1e-9)
 
@@ -162,31 +182,37 @@ def true_block_gradients():
 
 @pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
 @pytest.mark.parametrize("space", ["weight", "activity"])
-def test_random_guesses_give_unbiased_estimates(kind, space):
-    """E[<g, u> u] = g for E[u u^T] = I. The mean of N = 4000 estimates is compared with g
-    coordinate by coordinate: z = (mean - g) / (sample std / sqrt(N)) must stay below 5 in absolute
-    value for all 15 coordinates (a false alarm has probability ~1e-5). The normalised estimate
-    <g, u> / ||u||^2 u, which deterministic guesses use, has mean g / D and fails the same test."""
+def test_random_guess_estimates_have_the_expected_mean(kind, space):
+    """<g, u> u has mean g for E[u u^T] = I (--random-scale unbiased; the authors' activity space).
+    The authors' weight-space <g, u> / ||u||^2 u has mean g / D (D = 15 coordinates here): u / ||u||
+    is uniform on the sphere for Gaussian u, and ||u||^2 = D for Rademacher u. The mean of N = 4000
+    estimates is compared with its expectation coordinate by coordinate: z = (mean - expected) /
+    (sample std / sqrt(N)) must stay below 5 in absolute value for all 15 coordinates (a false alarm
+    has probability ~1e-5); the wrong expectation gives |z| > 20."""
     weight_targets, activity_targets = true_block_gradients()
     target = weight_targets if space == "weight" else activity_targets
     g = torch.cat([t.flatten() for t in target]).double()
     draws = 4000
     torch.manual_seed(1)
 
-    def estimates(rule):
+    def z_scores(rule, expected):
         found = torch.empty(draws, g.numel(), dtype=torch.float64)
         for n in range(draws):
             guess = [fg.random_guess(t, kind) for t in target]
             found[n] = torch.cat([e.flatten() for e in rule._estimate(guess, _ExplicitTarget(target))])
-        return found
+        return (found.mean(0) - expected) / (found.std(0) / math.sqrt(draws))
 
-    def z_scores(found):
-        return (found.mean(0) - g) / (found.std(0) / math.sqrt(draws))
-
-    unbiased = z_scores(estimates(ForwardGradient(guess=kind, space=space)))
-    assert unbiased.abs().max() < 5, unbiased
-    normalised_rule = ForwardGradient(guess="local", space=space)  # same formula as a local guess
-    assert z_scores(estimates(normalised_rule)).abs().max() > 20
+    authors = ForwardGradient(guess=kind, space=space, **(BLOCK if space == "weight" else {}))
+    unbiased = ForwardGradient(guess=kind, space=space, random_scale="unbiased",
+                               **(BLOCK if space == "weight" else {}))
+    assert z_scores(unbiased, g).abs().max() < 5
+    if space == "weight":
+        assert z_scores(authors, g / g.numel()).abs().max() < 5
+        assert z_scores(authors, g).abs().max() > 20
+    else:
+        assert z_scores(authors, g).abs().max() < 5
+        normalised_rule = ForwardGradient(guess="local", space=space)  # the formula of a local guess
+        assert z_scores(normalised_rule, g).abs().max() > 20
 
 
 # ------------------------------------------------------------------ activity space
@@ -244,9 +270,9 @@ def body_calls_without_graph(trainer, meter):
     return calls
 
 
-@pytest.mark.parametrize("space", ["weight", "activity"])
+@pytest.mark.parametrize("space", SPACES)
 def test_forward_mode_keeps_no_activation_of_later_blocks(space):
-    trainer = make_trainer(modules=4, space=space)
+    trainer = make_trainer(modules=4, settings=SMALL_RESNET, fwd_mode="jvp", **space)  # one layer per block
     meter = ActivationMeter(trainer.net.parameters())
     calls = body_calls_without_graph(trainer, meter)
     batch = 4
@@ -255,18 +281,27 @@ def test_forward_mode_keeps_no_activation_of_later_blocks(space):
         trainer.rule.train_step(trainer.net, x, y, [0, 1, 2, 3])
     # the later blocks did run, in forward mode, and saved nothing while they ran: blocks 1-3 for
     # block 0's target, 2-3 for block 1's, 3 for block 2's; in weight space the block itself is
-    # re-run with dual parameters, in activity space the BNs make it one JVP per sample
-    runs = 4 + 3 + 2 if space == "weight" else batch * (3 + 2 + 1)
-    assert sum(tangent for _, (_, tangent) in calls) == runs
+    # re-run (with dual parameters, or with a tangent entering at one layer: one run per tensor and,
+    # through the BNs, per sample), in activity space the BNs make it one JVP per sample
+    tensors = [len(list(trainer.net[k].body.parameters())) for k in range(3)]
+    runs = {"block": 4 + 3 + 2, "activity": batch * (3 + 2 + 1),
+            "sample-tensor": sum(batch * n * (4 - k) for k, n in enumerate(tensors))}
+    kind = space["space"] if space["space"] == "activity" else trainer.rule.projection_granularity
+    assert sum(tangent for _, (_, tangent) in calls) == runs[kind]
     assert all(before == after for before, (after, _) in calls)
     # so the peak is that of one block and its head, exactly dgl's; the emulation keeps everything
     peaks = {}
-    for name, method, options in (("jvp", "fwdgrad", {"space": space}), ("dgl", "dgl", {}),
-                                  ("emulate", "fwdgrad", {"space": space, "fwd_mode": "emulate"})):
+    for name, method, options in (("jvp", "fwdgrad", {"fwd_mode": "jvp", **space}), ("dgl", "dgl", {}),
+                                  ("emulate", "fwdgrad", {**space, "fwd_mode": "emulate"})):
         result = Trainer(tiny_config(method=method, modules=4, head="fg-linear", max_steps=1, batch_size=batch,
-                                     rule_options=options)).fit()
+                                     rule_options=options, **SMALL_RESNET)).fit()
         peaks[name] = result["peak_activation_bytes"]
-    assert peaks["jvp"] == peaks["dgl"]
+    if kind == "sample-tensor":  # plus B per-sample copies of a layer's parameters while its g_i are taken
+        layers = [m for block in list(trainer.net)[:-1] for m in block.body.modules()]
+        largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in layers)
+        assert peaks["dgl"] <= peaks["jvp"] <= peaks["dgl"] + batch * largest * 4
+    else:
+        assert peaks["jvp"] == peaks["dgl"]
     assert peaks["emulate"] > 2 * peaks["jvp"]
 
 
@@ -325,6 +360,8 @@ def test_random_guesses_of_the_global_target_build_no_auxiliary_net():
     ({"projection": "span"}, "--projection span .* use it with --space activity"),
     ({"projection": "span", "space": "activity", "guess": "gaussian"}, "--guess local, ntk or fixed-ntk"),
     ({"guess": "normal"}, "unknown --guess 'normal'; choose one of: local, ntk, fixed-ntk, gaussian, rademacher"),
+    ({"space": "activity", **BLOCK}, "--projection-granularity block is a weight-space option"),
+    ({"random_scale": "none"}, "unknown --random-scale 'none'; choose one of: authors, unbiased"),
 ])
 def test_impossible_options_are_user_errors(options, message):
     with pytest.raises(UserError, match=message):
@@ -335,7 +372,7 @@ def test_dropout_models_need_the_emulation():
     settings = dict(model="alexnet", dataset_kwargs={"shape": (3, 16, 16), "classes": 4, "train": 32, "test": 16},
                     model_kwargs={"width": 0.125, "fc_width": 16})
     with pytest.raises(UserError, match="dropout masks would differ"):
-        make_trainer(settings=settings)
+        make_trainer(settings=settings, fwd_mode="jvp")
     make_trainer(settings=settings, fwd_mode="emulate")
 
 
