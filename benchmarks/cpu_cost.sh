@@ -38,10 +38,11 @@ case $what in
     done ;;
   fwdgrad)  # issues 6/16: ResNet-18 (CIFAR stem) in 8 blocks: genuine forward mode vs emulation vs bp.
     # jvp at the default per-sample x per-tensor granularity would take one JVP per sample and tensor
-    # through the BNs (hundreds per block), so the jvp line projects per block; the emulation runs both.
+    # through the BNs (hundreds per block), so the jvp lines project per block, in one sweep (the
+    # default) and per block; the emulation runs both granularities.
     $ll bench --dataset synthetic --dataset-kwargs shape=3x32x32 train=320 test=64 --batch-size 32 --threads 2 \
       --no-progress --epochs 1 --model resnet18 --model-kwargs stem=cifar --modules 8 --head fg-cnn --max-steps 3 \
-      --methods bp,dgl,fwdgrad:fwd-mode=jvp:projection-granularity=block,fwdgrad:fwd-mode=emulate:projection-granularity=block,fwdgrad:fwd-mode=emulate \
+      --methods bp,dgl,fwdgrad:fwd-mode=jvp:projection-granularity=block,fwdgrad:fwd-mode=jvp:projection-granularity=block:jvp-schedule=per-block,fwdgrad:fwd-mode=emulate:projection-granularity=block,fwdgrad:fwd-mode=emulate \
       --target global --guess local --space weight --out "$out/resnet18" ;;
   pipeline)  # issue 7: dgl throughput, async pipeline of 2 processes x 1 thread vs 1 process x 1 and 2 threads
     for head in conv linear; do

@@ -141,7 +141,8 @@ def total_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Ten
 
 
 def per_sample_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a * b).flatten(1).sum(1)
+    """<a_i, b_i> for every sample i (a contraction: no a * b temporary of the per-sample size)."""
+    return torch.einsum("bi,bi->b", a.flatten(1), b.flatten(1))
 
 
 def weight_estimate(derivative: torch.Tensor, guess: Sequence[torch.Tensor], normalised: bool) -> list[torch.Tensor]:
@@ -163,7 +164,11 @@ def sample_tensor_estimate(derivatives: Sequence[torch.Tensor], guess: Sequence[
     parameter tensor t, sum over the batch of the per-sample projections
     <g_i^t, u_i^t> / (||u_i^t||^2 + eps) u_i^t (or <g_i^t, u_i^t> u_i^t); `derivatives[t][i]` =
     <g_i^t, u_i^t>, `guess[t]` = the (B, *shape) per-sample guesses u_i^t."""
-    return [activity_estimate(c, u, normalised).sum(0) for c, u in zip(derivatives, guess)]
+    found = []
+    for c, u in zip(derivatives, guess):
+        scale = c / (per_sample_dot(u, u) + EPS) if normalised else c
+        found.append(torch.einsum("b,bi->i", scale, u.flatten(1)).view(u.shape[1:]))
+    return found
 
 
 def span_basis(guess: torch.Tensor) -> torch.Tensor:

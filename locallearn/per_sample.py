@@ -16,7 +16,9 @@ the authors' hooks. Without anything that couples samples, g_i^t is the gradient
 The tangent of the layer output when sample i's copy moves along u_i (forward mode) is the JVP
 d phi(z_i; theta)[u_i]; <dL/d out_i, that tangent> = <g_i^t, u_i>.
 
-Both evaluate phi for one sample (a batch of one), vmapped over the batch.
+Both evaluate phi for one sample (a batch of one), vmapped over the batch; the gradients of the
+common layers (Linear, Conv1d/2d, BatchNorm) come in closed form instead, as in the authors' code,
+because the vmapped copies of a convolution run as a grouped convolution, slow on CPU.
 """
 from __future__ import annotations
 
@@ -108,20 +110,13 @@ class BlockTensors:
 
     def gradients(self, recorded: dict[nn.Module, Recorded], output_grads: list[torch.Tensor]) -> list[torch.Tensor]:
         """g_i^t for every tensor t (a (B, *shape) tensor each), from dL/d out of every layer
-        (`output_grads`, in the order of `outputs`): literally the gradient with respect to one
-        copy of the tensor per sample, each copy used by its own sample in a vmap over the batch.
-        (Plain autograd on the copies rather than torch.func.vjp, which refuses to run under the
-        saved-tensor hooks of the activation meter.)"""
+        (`output_grads`, in the order of `outputs`)."""
         found = {}
         for layer, grad in zip(self.layers, output_grads):
-            z = recorded[layer].z
             names = [name for module, name, _ in self.tensors if module is layer]
-            copies = {name: getattr(layer, name).detach().expand(len(z), *getattr(layer, name).shape).requires_grad_()
-                      for name in names}
-            with torch.enable_grad():
-                out = vmap(lambda z_i, p_i: _phi(layer, z_i.unsqueeze(0), p_i).squeeze(0))(z, copies)
-                per_sample = torch.autograd.grad(out, list(copies.values()), grad)
-            found.update({(layer, name): g for name, g in zip(names, per_sample)})
+            closed_form = _closed_form_gradients(layer, recorded[layer].z, grad)
+            per_sample = closed_form if closed_form is not None else _copy_gradients(layer, recorded[layer].z, grad, names)
+            found.update({(layer, name): per_sample[name] for name in names})
         return [found[(layer, name)] for layer, name, _ in self.tensors]
 
     def output_tangent(self, recorded: dict[nn.Module, Recorded], index: int, guess: torch.Tensor) -> torch.Tensor:
@@ -134,3 +129,46 @@ class BlockTensors:
             return jvp(lambda q: _phi(layer, z.unsqueeze(0), {name: q}), (params[name],), (u,))[1].squeeze(0)
 
         return vmap(one_sample)(recorded[layer].z, guess)
+
+
+def _copy_gradients(layer: nn.Module, z: torch.Tensor, grad: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    """Literally the gradient with respect to one copy of each tensor per sample, each copy used by
+    its own sample in a vmap over the batch: any layer that treats samples independently. (Plain
+    autograd on the copies rather than torch.func.vjp, which refuses to run under the saved-tensor
+    hooks of the activation meter.)"""
+    copies = {name: getattr(layer, name).detach().expand(len(z), *getattr(layer, name).shape).requires_grad_()
+              for name in names}
+    with torch.enable_grad():
+        out = vmap(lambda z_i, p_i: _phi(layer, z_i.unsqueeze(0), p_i).squeeze(0))(z, copies)
+        return dict(zip(names, torch.autograd.grad(out, list(copies.values()), grad)))
+
+
+def _closed_form_gradients(layer: nn.Module, z: torch.Tensor, grad: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """The same per-sample gradients in closed form for the common layers, as the authors compute
+    them (the vmapped copies of a convolution run as a grouped convolution, slow on CPU):
+    Linear: grad_i x_i^T; Conv: grad_i against the unfolded input patches of sample i; BatchNorm:
+    the normalised input times grad_i; biases: grad_i summed over positions. None for other layers."""
+    batch = len(z)
+    if isinstance(layer, nn.Linear):
+        weight = torch.einsum("b...o,b...i->boi", grad, z)
+    elif (isinstance(layer, (nn.Conv1d, nn.Conv2d)) and layer.groups == 1 and layer.padding_mode == "zeros"
+          and isinstance(layer.padding, tuple)):
+        two_d = isinstance(layer, nn.Conv2d)
+        images = z if two_d else z.unsqueeze(2)  # a 1-d conv as a 2-d one of height 1
+        size = layer.kernel_size if two_d else (1, *layer.kernel_size)
+        spread = {k: (getattr(layer, k) if two_d else (1, *getattr(layer, k))) for k in ("dilation", "stride")}
+        padding = layer.padding if two_d else (0, *layer.padding)
+        patches = F.unfold(images, size, spread["dilation"], padding, spread["stride"])
+        weight = torch.einsum("bol,bkl->bok", grad.flatten(2), patches).view(batch, *layer.weight.shape)
+    elif isinstance(layer, _BatchNorm):
+        weight = z * grad
+    else:
+        return None
+    positions = tuple(range(2, grad.dim()))
+    if isinstance(layer, nn.Linear):  # channels last; positions are the dims between batch and channels
+        positions = tuple(range(1, grad.dim() - 1))
+        found = {"weight": weight, "bias": grad.sum(positions) if positions else grad}
+    else:
+        found = {"weight": weight.sum(positions) if isinstance(layer, _BatchNorm) and positions else weight,
+                 "bias": grad.sum(positions) if positions else grad}
+    return {name: value for name, value in found.items() if getattr(layer, name) is not None}

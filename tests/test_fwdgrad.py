@@ -89,6 +89,31 @@ def test_forward_mode_gives_the_same_update_as_the_emulation(settings, options):
         torch.testing.assert_close(jvp_stats[key], emulated_stats[key], rtol=0, atol=1e-5, msg=key)
 
 
+@pytest.mark.parametrize("settings,options", [
+    ({}, dict(space="weight", **BLOCK)),
+    (SMALL_RESNET, dict(space="weight", batch=4)),  # one direction per sample and tensor through the BNs
+    (SMALL_RESNET, dict(space="weight", bn_jvp="single", batch=4)),  # one per tensor, per-sample loss tangents
+    ({}, dict(space="activity")),
+    ({}, dict(space="activity", bn_jvp="single")),  # not the emulation's update: only the schedules can agree
+    ({}, dict(space="activity", projection="span", batch=4)),
+    (NO_BN, dict(space="weight", guess="rademacher")),
+    (NO_BN, dict(space="activity", guess="gaussian")),
+])
+def test_one_sweep_gives_the_same_update_as_one_jvp_per_block(settings, options):
+    """--jvp-schedule sweep carries every block's directions through the later blocks together;
+    per-block re-runs the rest of the network for each block: the same derivatives, the same update."""
+    options = dict(options)
+    batch = options.pop("batch", 8)
+    sweep, sweep_stats = one_update(make_trainer(settings=settings, fwd_mode="jvp", jvp_schedule="sweep", **options),
+                                    batch=batch)
+    per_block, _ = one_update(make_trainer(settings=settings, fwd_mode="jvp", jvp_schedule="per-block", **options),
+                              batch=batch)
+    for key in sweep:
+        scale = max(1.0, float(per_block[key].abs().max())) if sweep[key].is_floating_point() else 0
+        assert float((sweep[key] - per_block[key]).abs().max()) <= 1e-5 * scale, key
+    assert max(float(d.abs().max()) for d in sweep.values() if d.is_floating_point()) > 1e-2  # a real update
+
+
 def test_forward_mode_training_follows_the_emulation_with_batchnorm_statistics():
     runs = []
     for mode in ("jvp", "emulate"):
@@ -140,7 +165,7 @@ def test_guess_equal_to_the_global_target_gives_the_global_gradient_through_forw
         guess = exact
     oracle = _ForwardMode(block, inputs, output, rule._target_path(net, 0), y, exact=True, tensors=tensors,
                           recorded=recorded)
-    estimate = rule._estimate(guess, oracle)
+    estimate = rule._estimate(guess, rule._derivatives(guess, oracle))
     for found, wanted in zip(estimate, exact):
         torch.testing.assert_close(found, wanted, rtol=1e-4, atol=1e-9)
 
@@ -166,6 +191,36 @@ def test_projection_on_the_span_of_the_guesses():
     flat_guesses = guesses.flatten(1)
     least_squares = target.flatten(1) @ torch.linalg.pinv(flat_guesses) @ flat_guesses
     torch.testing.assert_close(projected(target).flatten(1), least_squares, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ per-sample gradients
+@pytest.mark.parametrize("layer,shape", [
+    (nn.Linear(5, 3), (4, 5)),
+    (nn.Linear(5, 3), (4, 2, 5)),  # positions between batch and features
+    (nn.Conv2d(3, 4, 3, stride=2, padding=1, dilation=1), (4, 3, 7, 7)),
+    (nn.Conv2d(3, 4, 2, dilation=2, bias=False), (4, 3, 6, 6)),
+    (nn.Conv1d(3, 4, 3, padding=2, stride=2), (4, 3, 9)),
+    (nn.BatchNorm2d(3), (4, 3, 5, 5)),
+    (nn.BatchNorm1d(3), (4, 3)),
+])
+def test_closed_form_per_sample_gradients_are_those_of_per_sample_copies(layer, shape):
+    """The closed forms (unfolded patches, outer products, normalised input; the authors' formulas)
+    equal the gradients w.r.t. per-sample copies of the parameters taken by autograd, and they sum
+    to the batch gradient."""
+    from locallearn.per_sample import _closed_form_gradients, _copy_gradients, _phi_input
+    torch.manual_seed(0)
+    x = torch.randn(shape, requires_grad=True)
+    out = layer(x)
+    grad = torch.randn_like(out)
+    names = [name for name, _ in layer.named_parameters()]
+    z = _phi_input(layer, x.detach())
+    closed = _closed_form_gradients(layer, z, grad)
+    copies = _copy_gradients(layer, z, grad, names)
+    batch = torch.autograd.grad(out, list(layer.parameters()), grad)
+    assert closed.keys() == copies.keys() == set(names)
+    for name, whole in zip(names, batch):
+        torch.testing.assert_close(closed[name], copies[name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(closed[name].sum(0), whole, rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------ random guesses
@@ -199,7 +254,8 @@ def test_random_guess_estimates_have_the_expected_mean(kind, space):
         found = torch.empty(draws, g.numel(), dtype=torch.float64)
         for n in range(draws):
             guess = [fg.random_guess(t, kind) for t in target]
-            found[n] = torch.cat([e.flatten() for e in rule._estimate(guess, _ExplicitTarget(target))])
+            estimate = rule._estimate(guess, rule._derivatives(guess, _ExplicitTarget(target)))
+            found[n] = torch.cat([e.flatten() for e in estimate])
         return (found.mean(0) - expected) / (found.std(0) / math.sqrt(draws))
 
     authors = ForwardGradient(guess=kind, space=space, **(BLOCK if space == "weight" else {}))
@@ -259,47 +315,62 @@ def test_activity_estimate_is_back_propagated_inside_its_block_only():
 
 # ------------------------------------------------------------------ memory
 def body_calls_without_graph(trainer, meter):
-    """Record meter.current around every block forward run without an autograd graph (the JVPs)."""
+    """Record (block, meter.current before, after) around every block forward run without an
+    autograd graph (the forward-mode runs)."""
     calls = []
     for module in trainer.net:
         module.body.register_forward_pre_hook(
-            lambda mod, args: calls.append([meter.current]) if not torch.is_grad_enabled() else None)
+            lambda mod, args, k=module.index: calls.append([k, meter.current]) if not torch.is_grad_enabled() else None)
         module.body.register_forward_hook(
-            lambda mod, args, out: calls[-1].append((meter.current, fwAD.unpack_dual(out).tangent is not None))
-            if not torch.is_grad_enabled() else None)
+            lambda mod, args, out: calls[-1].append(meter.current) if not torch.is_grad_enabled() else None)
     return calls
 
 
+def forward_mode_runs(schedule, kind, tensors, batch, blocks=4):
+    """How often each block runs without a graph in one step (BN everywhere, local guess, 4 blocks)."""
+    if schedule == "sweep":  # each block once for the directions of the blocks below and its own
+        if kind == "block":  # both in one call
+            return [1] * blocks
+        own = {"sample-tensor": tensors,  # one call per tensor
+               "activity": [1] * (blocks - 1)}[kind]  # activity: its forward (the guess needs only the head)
+        return [own[k] + (k > 0) for k in range(blocks - 1)] + [1]  # + the last block's read-out
+    # per block: block k's JVPs (1, B per tensor, B) each run blocks k+1..K-1, and block k itself in weight space
+    jvps = {"block": [1] * (blocks - 1), "sample-tensor": [batch * n for n in tensors],
+            "activity": [batch] * (blocks - 1)}[kind]
+    first = 0 if kind == "activity" else -1
+    return [sum(jvps[k] for k in range(blocks - 1) if k + first < i or (kind != "activity" and k == i))
+            for i in range(blocks)]
+
+
+@pytest.mark.parametrize("schedule", ["sweep", "per-block"])
 @pytest.mark.parametrize("space", SPACES)
-def test_forward_mode_keeps_no_activation_of_later_blocks(space):
-    trainer = make_trainer(modules=4, settings=SMALL_RESNET, fwd_mode="jvp", **space)  # one layer per block
+def test_forward_mode_keeps_no_activation_of_later_blocks(space, schedule):
+    trainer = make_trainer(modules=4, settings=SMALL_RESNET, fwd_mode="jvp", jvp_schedule=schedule,
+                           **space)  # one layer per block
     meter = ActivationMeter(trainer.net.parameters())
     calls = body_calls_without_graph(trainer, meter)
     batch = 4
     x, y = a_batch(trainer, batch)
     with meter:
         trainer.rule.train_step(trainer.net, x, y, [0, 1, 2, 3])
-    # the later blocks did run, in forward mode, and saved nothing while they ran: blocks 1-3 for
-    # block 0's target, 2-3 for block 1's, 3 for block 2's; in weight space the block itself is
-    # re-run (with dual parameters, or with a tangent entering at one layer: one run per tensor and,
-    # through the BNs, per sample), in activity space the BNs make it one JVP per sample
+    # the later blocks did run, in forward mode, and saved nothing while they ran
     tensors = [len(list(trainer.net[k].body.parameters())) for k in range(3)]
-    runs = {"block": 4 + 3 + 2, "activity": batch * (3 + 2 + 1),
-            "sample-tensor": sum(batch * n * (4 - k) for k, n in enumerate(tensors))}
     kind = space["space"] if space["space"] == "activity" else trainer.rule.projection_granularity
-    assert sum(tangent for _, (_, tangent) in calls) == runs[kind]
-    assert all(before == after for before, (after, _) in calls)
+    assert [sum(k == i for k, _, _ in calls) for i in range(4)] == forward_mode_runs(schedule, kind, tensors, batch)
+    assert all(before == after for _, before, after in calls)
     # so the peak is that of one block and its head, exactly dgl's; the emulation keeps everything
     peaks = {}
-    for name, method, options in (("jvp", "fwdgrad", {"fwd_mode": "jvp", **space}), ("dgl", "dgl", {}),
-                                  ("emulate", "fwdgrad", {**space, "fwd_mode": "emulate"})):
+    for name, method, options in (("jvp", "fwdgrad", {"fwd_mode": "jvp", "jvp_schedule": schedule, **space}),
+                                  ("dgl", "dgl", {}), ("emulate", "fwdgrad", {**space, "fwd_mode": "emulate"})):
         result = Trainer(tiny_config(method=method, modules=4, head="fg-linear", max_steps=1, batch_size=batch,
                                      rule_options=options, **SMALL_RESNET)).fit()
         peaks[name] = result["peak_activation_bytes"]
-    if kind == "sample-tensor":  # plus B per-sample copies of a layer's parameters while its g_i are taken
+    if kind == "sample-tensor":  # plus what one layer's per-sample gradients save (B parameter copies at most)
         layers = [m for block in list(trainer.net)[:-1] for m in block.body.modules()]
         largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in layers)
         assert peaks["dgl"] <= peaks["jvp"] <= peaks["dgl"] + batch * largest * 4
+    elif kind == "activity" and schedule == "sweep":  # the head's graph (guess), then the block's (estimate)
+        assert peaks["jvp"] < peaks["dgl"]
     else:
         assert peaks["jvp"] == peaks["dgl"]
     assert peaks["emulate"] > 2 * peaks["jvp"]

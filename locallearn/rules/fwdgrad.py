@@ -28,10 +28,13 @@ through the whole network with its graph, then backward passes give the targets 
 explicitly, and the estimate is formed from <g, u> computed as a dot product. BP's memory.
 
 `fwd_mode=jvp` (genuine forward mode): blocks are processed in order; block k runs forward with its
-autograd graph, computes its guess by back-propagating its auxiliary loss through itself only, then
-obtains <g, u> by JVPs through the target's path (the rest of the network, or a head) under
-`torch.no_grad()`, so no activation of a later block is ever saved, and steps at once. The same
-update as the emulation. The number of JVPs is what the estimate needs: one per block
+autograd graph and computes its guess by back-propagating its auxiliary loss through itself only;
+<g, u> then comes from JVPs through the target's path (the rest of the network, or a head) under
+`torch.no_grad()`, so no activation of a later block is ever saved. The same update as the
+emulation. With the global target the default `jvp_schedule=sweep` carries the directions of all
+blocks together through one forward sweep and steps every block at the end (`forward_sweep.py`);
+`per-block` takes one JVP through the rest of the network per block and direction and steps at
+once. The number of directions is what the estimate needs: one per block
 (--projection-granularity block), one per parameter tensor (sample-tensor), and one per sample on
 top when a train-mode BatchNorm after the perturbation mixes samples (see `forward_gradient.py`).
 """
@@ -46,6 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import forward_gradient as fg
+from .. import forward_sweep as fs
 from ..errors import UserError
 from ..module_state import frozen_batchnorm_statistics
 from ..network import LocalModule, ModularNet
@@ -60,6 +64,7 @@ SPACES = ("weight", "activity")
 GRANULARITIES = ("sample-tensor", "block")
 RANDOM_SCALES = ("authors", "unbiased")
 FWD_MODES = ("emulate", "jvp")
+JVP_SCHEDULES = ("sweep", "per-block")
 PROJECTIONS = ("guess", "span")
 BN_JVP = ("exact", "single")
 
@@ -158,6 +163,10 @@ class ForwardGradient(Rule):
     fwd_mode: str = option("emulate", "emulate = two backward passes, as the authors' code; jvp = the same update "
                                       "by forward-mode AD (no backward pass through later blocks, dgl's "
                                       "activation memory, more compute)", FWD_MODES)
+    jvp_schedule: str = option("sweep", "--fwd-mode jvp with the global target: sweep = one forward sweep carries "
+                                        "the tangents of all blocks below together (each primal once); per-block "
+                                        "= one JVP through the rest of the network per block (less memory, "
+                                        "more compute)", JVP_SCHEDULES)
     projection: str = option("guess", "guess = project on each sample's own guess; span = on the span of the "
                                       "batch's guesses (Table 6, --space activity)", PROJECTIONS)
     bn_jvp: str = option("exact", "per-sample derivatives in --fwd-mode jvp when a train-mode BatchNorm after "
@@ -172,6 +181,7 @@ class ForwardGradient(Rule):
                                      ("--projection-granularity", self.projection_granularity, GRANULARITIES),
                                      ("--random-scale", self.random_scale, RANDOM_SCALES),
                                      ("--fwd-mode", self.fwd_mode, FWD_MODES),
+                                     ("--jvp-schedule", self.jvp_schedule, JVP_SCHEDULES),
                                      ("--projection", self.projection, PROJECTIONS), ("--bn-jvp", self.bn_jvp, BN_JVP)):
             if value not in choices:
                 raise ValueError(f"unknown {flag} {value!r}; choose one of: {', '.join(choices)}")
@@ -225,7 +235,9 @@ class ForwardGradient(Rule):
                 for m in module.head.modules():
                     if hasattr(m, "reset_parameters"):
                         m.reset_parameters()
-        if self.fwd_mode == "jvp":
+        if self.fwd_mode == "jvp" and self.target == "global" and self.jvp_schedule == "sweep":
+            self._sweep_step(net, x, y, stats)
+        elif self.fwd_mode == "jvp":
             self._forward_mode_step(net, x, y, stats)
         else:
             self._emulated_step(net, x, y, stats)
@@ -269,12 +281,96 @@ class ForwardGradient(Rule):
             oracle = _ForwardMode(module, inputs, output, self._target_path(net, module.index), y,
                                   exact=self.bn_jvp == "exact", tensors=self._tensors.get(module.index),
                                   recorded=recorded)
-            estimate = self._estimate(guess, oracle)
+            estimate = self._estimate(guess, self._derivatives(guess, oracle))
             body_grads = estimate if self.space == "weight" else _gradients(output, body, estimate[0])
             if global_targets is not None:
                 self._log_alignment(stats, module.index, global_targets[module.index], guess)
             self._step(module, [*zip(body, body_grads), *head_grads])
             h = output.detach()
+
+    def _sweep_step(self, net: ModularNet, x: torch.Tensor, y: torch.Tensor, stats: Stats) -> None:
+        """jvp with the global target in one forward sweep (`forward_sweep.py`): every block's
+        directions are carried together through the blocks above it and read out at the end, then
+        every block steps. The same update as `_forward_mode_step`."""
+        global_targets = self._global_targets(net, x, y) if self.log_alignment else None
+        block_graph = self.space == "weight" and not self.random_guess  # the guess back-propagates into the block
+        sweep, pending, h = fs.TangentSweep(), [], x
+        for module in net:
+            inputs = h.detach()
+            if module.is_last:  # the true gradient of the end-to-end loss, and the read-out of the sweep
+                logits = module.head(module.body(inputs))
+                loss = F.cross_entropy(logits, y)
+                record(stats, module.index, loss, logits, y)
+                params = module.trainable_parameters()
+                last_pairs = list(zip(params, _gradients(loss, params)))
+                found = sweep.read(lambda h: F.cross_entropy(module.head(module.body(h)), y, reduction="none"),
+                                   inputs, module.body, module.head) if sweep.groups else []
+                break
+            with torch.set_grad_enabled(block_graph), self._recording(module, keep_outputs=block_graph) as recorded:
+                output = module.body(inputs)
+            body = [p for _, p in _trainable(module.body)]
+            if self.space == "weight":
+                local_loss = self._local_loss(module, output, y, stats)
+                guess, head_grads = self._weight_guess(module, local_loss, body, recorded, len(inputs), keep_graph=False)
+            else:  # the guess needs the head only; the block's graph is rebuilt for the estimate at the end
+                head_input = detached_input(output, requires_grad=True)
+                local_loss = self._local_loss(module, head_input, y, stats)
+                guess, head_grads = self._guess(module, local_loss, [head_input], [output], keep_graph=False)
+            if self.space == "weight" and not self.per_sample_tensor:  # one direction, in the same vmapped JVP
+                tangents = {name: u for (name, _), u in zip(_trainable(module.body), guess)}
+                group, masked = sweep.through_adding(module.body, inputs, tangents), False
+            else:
+                sweep.through(module.body, inputs)  # the directions of the blocks below
+                downstream = [later.body for later in net.local_modules[module.index + 1:]] + [net[-1].head]
+                directions, masked = self._output_directions(module, inputs, guess, recorded, downstream)
+                group = sweep.add(directions)
+            pending.append((module, inputs, guess, head_grads, group, masked))
+            if global_targets is not None:
+                self._log_alignment(stats, module.index, global_targets[module.index], guess)
+            h = output.detach()
+
+        updates = []
+        for module, inputs, guess, head_grads, group, masked in pending:
+            body = [p for _, p in _trainable(module.body)]
+            derivatives = self._sweep_derivatives(fs.per_sample_from_loss_tangents(found[group], masked))
+            estimate = self._estimate(guess, derivatives)
+            if self.space == "activity":  # back-propagate the estimate through the block, re-run with its graph
+                with frozen_batchnorm_statistics(module.body):
+                    estimate = _gradients(module.body(inputs), body, estimate[0])
+            updates.append((module, [*zip(body, estimate), *head_grads]))
+        for module, pairs in [*updates, (net[-1], last_pairs)]:
+            self._step(module, pairs)
+
+    def _output_directions(self, module: LocalModule, inputs: torch.Tensor, guess: list[torch.Tensor], recorded,
+                           downstream: list[nn.Module]) -> tuple[torch.Tensor, bool]:
+        """Block `module`'s directions (activity space, or per sample and tensor) as tangents of its
+        output, stacked on dim 0, and whether they are one per sample (`one_per_sample`: exact
+        per-sample derivatives through a train-mode BN)."""
+        exact = self.bn_jvp == "exact"
+        if self.space == "activity":
+            u = guess[0]
+            if self.projection == "span":
+                directions = fg.span_basis(u).view(-1, 1, *u.shape[1:]).expand(-1, *u.shape).contiguous()
+            else:
+                directions = u.unsqueeze(0)
+            masked = exact and fg.couples_samples(downstream)
+            return (fs.one_per_sample(directions) if masked else directions), masked
+        tensors = self._tensors[module.index]
+        masked = exact and fg.couples_samples([module.body, *downstream])  # conservative, as per block
+        directions = []
+        for index, ((layer, _, _), u) in enumerate(zip(tensors.tensors, guess)):
+            tangent = tensors.output_tangent(recorded, index, u).unsqueeze(0)
+            directions.append(fs.layer_directions(module.body, inputs, layer,
+                                                  fs.one_per_sample(tangent) if masked else tangent))
+        return torch.cat(directions), masked
+
+    def _sweep_derivatives(self, per_sample: torch.Tensor):
+        """`_derivatives`' result from the sweep's per-sample derivatives, one row per direction."""
+        if self.per_sample_tensor:
+            return list(per_sample)
+        if self.space == "weight":
+            return per_sample[0].sum()
+        return per_sample.T if self.projection == "span" else per_sample[0]
 
     def _emulated_step(self, net: ModularNet, x: torch.Tensor, y: torch.Tensor, stats: Stats) -> None:
         blocks = net.local_modules[:-1]
@@ -307,9 +403,6 @@ class ForwardGradient(Rule):
             flat = [t for wrt in wrts for t in wrt]
             grads = _gradients(loss, flat + last_params, retain=True)
             global_targets, last_grads = _split(grads[:len(flat)], wrts), grads[len(flat):]
-            if self.per_sample_tensor:
-                global_targets = [self._tensors[m.index].gradients(recorded[m.index], g)
-                                  for m, g in zip(blocks, global_targets)]
         else:
             last_grads = _gradients(loss, last_params, retain=True)
 
@@ -322,18 +415,22 @@ class ForwardGradient(Rule):
                                                        keep_graph=True)
             else:
                 guess, head_grads = self._guess(module, local_losses[k], wrt, wrt, keep_graph=True)
+            if global_targets is not None:  # per sample and tensor: made here, B x one block's parameters at a time
+                global_target, global_targets[k] = global_targets[k], None
+                if self.per_sample_tensor:
+                    global_target = self._tensors[k].gradients(recorded[k], global_target)
             if self.target == "global":
-                target = global_targets[k]
+                target = global_target
             else:
                 target_loss = local_losses[k] if self.target == "local" else (
                     local_losses[k + 1] if k + 1 < len(blocks) else loss)
                 target = _gradients(target_loss, wrt, retain=True)
                 if self.per_sample_tensor:
                     target = self._tensors[k].gradients(recorded[k], target)
-            estimate = self._estimate(guess, _ExplicitTarget(target))
+            estimate = self._estimate(guess, self._derivatives(guess, _ExplicitTarget(target)))
             body_grads = estimate if self.space == "weight" else _gradients(outputs[k], body, estimate[0], retain=True)
             if self.log_alignment:
-                batch_target = [g.sum(0) for g in global_targets[k]] if self.per_sample_tensor else global_targets[k]
+                batch_target = [g.sum(0) for g in global_target] if self.per_sample_tensor else global_target
                 self._log_alignment(stats, k, batch_target, guess)
             updates.append((module, [*zip(body, body_grads), *head_grads]))
         updates.append((last, zip(last_params, last_grads)))
@@ -384,18 +481,29 @@ class ForwardGradient(Rule):
             return nn.Sequential(net[k + 1].body, net[k + 1].head)
         return nn.Sequential(*[m.body for m in net.local_modules[k + 1:]], net[-1].head)
 
-    def _estimate(self, guess: list[torch.Tensor], oracle) -> list[torch.Tensor]:
+    def _derivatives(self, guess: list[torch.Tensor], oracle):
+        """What the estimate needs of the target, from an oracle: <g, u> (block granularity), one
+        (B,) tensor of <g_i^t, u_i^t> per tensor (sample-tensor), <g_i, u_i> (activity), or
+        <g_i, v_m> as a (B, basis size) tensor (span)."""
         if self.per_sample_tensor:
-            return fg.sample_tensor_estimate(oracle.per_tensor(guess), guess, self.normalised)
+            return oracle.per_tensor(guess)
         if self.space == "weight":
-            return fg.weight_estimate(oracle.weight(guess), guess, self.normalised)
+            return oracle.weight(guess)
         u = guess[0]
         if self.projection == "span":
-            basis = fg.span_basis(u)
-            derivatives = torch.stack([oracle.per_sample(v.view(u.shape[1:]).expand_as(u).contiguous())
-                                       for v in basis], dim=1)
-            return [fg.span_estimate(derivatives, basis, u.shape)]
-        return [fg.activity_estimate(oracle.per_sample(u), u, self.normalised)]
+            return torch.stack([oracle.per_sample(v.view(u.shape[1:]).expand_as(u).contiguous())
+                                for v in fg.span_basis(u)], dim=1)
+        return oracle.per_sample(u)
+
+    def _estimate(self, guess: list[torch.Tensor], derivatives) -> list[torch.Tensor]:
+        if self.per_sample_tensor:
+            return fg.sample_tensor_estimate(derivatives, guess, self.normalised)
+        if self.space == "weight":
+            return fg.weight_estimate(derivatives, guess, self.normalised)
+        u = guess[0]
+        if self.projection == "span":
+            return [fg.span_estimate(derivatives, fg.span_basis(u), u.shape)]
+        return [fg.activity_estimate(derivatives, u, self.normalised)]
 
     def _global_targets(self, net: ModularNet, x: torch.Tensor, y: torch.Tensor) -> list[list[torch.Tensor]]:
         """dL/dtheta_k or dL/dh_k of the end-to-end loss for every block but the last, for the
