@@ -36,11 +36,14 @@ case $what in
           --out "$out/$model-k$k"
       done
     done ;;
-  fwdgrad)  # issue 6: ResNet-18 (CIFAR stem) in 8 blocks: genuine forward mode vs emulation vs bp
+  fwdgrad)  # issues 6/16: ResNet-18 (CIFAR stem) in 8 blocks: genuine forward mode vs emulation vs bp.
+    # jvp at the default per-sample x per-tensor granularity would take one JVP per sample and tensor
+    # through the BNs (hundreds per block), so the jvp lines project per block, in one sweep (the
+    # default) and per block; the emulation runs both granularities.
     $ll bench --dataset synthetic --dataset-kwargs shape=3x32x32 train=320 test=64 --batch-size 32 --threads 2 \
       --no-progress --epochs 1 --model resnet18 --model-kwargs stem=cifar --modules 8 --head fg-cnn --max-steps 3 \
-      --methods bp,dgl,fwdgrad:fwd-mode=jvp,fwdgrad:fwd-mode=emulate --target global --guess local --space weight \
-      --out "$out/resnet18" ;;
+      --methods bp,dgl,fwdgrad:fwd-mode=jvp:projection-granularity=block,fwdgrad:fwd-mode=jvp:projection-granularity=block:jvp-schedule=per-block,fwdgrad:fwd-mode=emulate:projection-granularity=block,fwdgrad:fwd-mode=emulate \
+      --target global --guess local --space weight --out "$out/resnet18" ;;
   pipeline)  # issue 7: dgl throughput, async pipeline of 2 processes x 1 thread vs 1 process x 1 and 2 threads
     for head in conv linear; do
       $ll bench-pipeline --methods dgl --model resnet32 --dataset synthetic --dataset-kwargs shape=3x32x32 train=5120 \

@@ -30,13 +30,20 @@ case $what in
     methods=bp,dgl
     for l in 1 2; do for a in 0 0.25 0.5 0.75; do methods+=",backlink:link-length=$l:link-alpha=$a"; done; done
     $ll bench "${narrow_cnn16[@]}" "${common[@]}" --modules 8 --methods "$methods" ;;
-  fwdgrad)  # issue 6: global target x guesses x spaces, the local target, against bp and dgl (8 blocks)
-    methods=bp,dgl
+  fwdgrad)  # issue 6: global target x guesses x spaces, the local target, against bp and dgl (8 blocks).
+    # Defaults are the authors' (weight space per sample x per tensor, random guesses normalised there,
+    # emulate). dgl runs with each auxiliary head a local guess uses, so that "projecting the global
+    # target on a local guess" is compared with local learning on the same head. Every run uses the
+    # one lr of `common` (0.05): random guesses get no lr of their own here, and no row is tuned.
+    methods=bp,dgl,dgl:head=fg-cnn,dgl:head=fg-mlp,dgl:head=fg-linear
     for space in weight activity; do
       for guess in local:head=fg-cnn local:head=fg-mlp local:head=fg-linear ntk gaussian rademacher; do
         methods+=",fwdgrad:target=global:space=$space:guess=$guess:fwd-mode=emulate"
       done
     done
+    # the deviations: one projection per block; unnormalised (unbiased) random guesses
+    methods+=",fwdgrad:target=global:guess=local:head=fg-linear:projection-granularity=block:fwd-mode=emulate"
+    methods+=",fwdgrad:target=global:guess=gaussian:random-scale=unbiased:fwd-mode=emulate"
     methods+=",fwdgrad:target=local:guess=local:head=fg-cnn"
     $ll bench "${narrow_cnn[@]}" "${common[@]}" --modules 8 --methods "$methods" ;;
   *) echo "unknown benchmark $what; choose sgr, bpfree, auglocal, backlink or fwdgrad" >&2; exit 2 ;;

@@ -1,7 +1,7 @@
 """fwdgrad (Fournier et al., ICML 2023) against the paper's equations: forward mode equals the
-emulation by backward passes, guess = target gives the exact gradient, random guesses are
-unbiased, activity estimates stay inside their block, and forward mode keeps no activation of the
-blocks above."""
+emulation by backward passes, guess = target gives the exact gradient, random guesses have the
+expected mean, activity estimates stay inside their block, and forward mode keeps no activation of
+the blocks above. The weight-space estimate against the authors' code: test_reference_fwdgrad.py."""
 import math
 
 import pytest
@@ -17,6 +17,7 @@ from locallearn.analyze import ANALYSES
 from locallearn.cli import main
 from locallearn.errors import UserError
 from locallearn.measure import ActivationMeter
+from locallearn.per_sample import BlockTensors
 from locallearn.rules.fwdgrad import ForwardGradient, _ExplicitTarget, _ForwardMode
 
 # lr 1 without momentum or weight decay: a parameter moves by exactly minus the gradient handed to SGD
@@ -24,6 +25,10 @@ PLAIN_SGD = dict(lr=1.0, momentum=0.0, weight_decay=0.0)
 # a network with no BatchNorm anywhere (the mlp head has none either): samples never interact
 NO_BN = dict(model="mlp", model_kwargs={"depth": 4, "width": 16, "batchnorm": False}, head="mlp",
              head_kwargs={"width": 16})
+# a 4-layer ResNet (stem + 3 blocks): per-sample x per-tensor JVPs through BatchNorm take one JVP per
+# sample and tensor, so the jvp tests of the default granularity use this one and small batches
+SMALL_RESNET = dict(model_kwargs={"width": 4, "depth": 8})
+BLOCK = dict(projection_granularity="block")
 
 
 def make_trainer(method="fwdgrad", modules=3, head="fg-linear", settings=None, **options):
@@ -49,14 +54,17 @@ def one_update(trainer, seed=0, batch=8):
 
 # ------------------------------------------------------------------ jvp == emulate
 @pytest.mark.parametrize("settings,options", [
-    ({}, dict(space="weight", guess="local")),
+    (SMALL_RESNET, dict(space="weight", guess="local", batch=4)),  # B JVPs per tensor through the BNs
+    ({}, dict(space="weight", guess="local", **BLOCK)),
     ({}, dict(space="activity", guess="local")),  # per-sample: one JVP per sample through the BNs
-    ({}, dict(space="weight", guess="gaussian")),
+    (SMALL_RESNET, dict(space="weight", guess="gaussian", batch=4)),
+    ({}, dict(space="weight", guess="gaussian", random_scale="unbiased", **BLOCK)),
     ({}, dict(space="activity", guess="rademacher", target="intermediate")),
-    ({}, dict(space="weight", guess="ntk")),
+    ({}, dict(space="weight", guess="ntk", **BLOCK)),
     ({}, dict(space="activity", guess="local", projection="span", batch=4)),  # B x rank JVPs per block
-    ({}, dict(space="weight", guess="gaussian", target="local")),
-    (NO_BN, dict(space="weight", guess="local", target="intermediate")),
+    (SMALL_RESNET, dict(space="weight", guess="gaussian", target="local", batch=4)),
+    (NO_BN, dict(space="weight", guess="local", target="intermediate")),  # one JVP per tensor
+    (NO_BN, dict(space="weight", guess="fixed-ntk", **BLOCK)),
     (NO_BN, dict(space="activity", guess="local")),  # per-sample from a single JVP
     (NO_BN, dict(space="activity", guess="gaussian")),
     (NO_BN, dict(space="activity", guess="fixed-ntk", projection="span")),
@@ -81,11 +89,36 @@ def test_forward_mode_gives_the_same_update_as_the_emulation(settings, options):
         torch.testing.assert_close(jvp_stats[key], emulated_stats[key], rtol=0, atol=1e-5, msg=key)
 
 
+@pytest.mark.parametrize("settings,options", [
+    ({}, dict(space="weight", **BLOCK)),
+    (SMALL_RESNET, dict(space="weight", batch=4)),  # one direction per sample and tensor through the BNs
+    (SMALL_RESNET, dict(space="weight", bn_jvp="single", batch=4)),  # one per tensor, per-sample loss tangents
+    ({}, dict(space="activity")),
+    ({}, dict(space="activity", bn_jvp="single")),  # not the emulation's update: only the schedules can agree
+    ({}, dict(space="activity", projection="span", batch=4)),
+    (NO_BN, dict(space="weight", guess="rademacher")),
+    (NO_BN, dict(space="activity", guess="gaussian")),
+])
+def test_one_sweep_gives_the_same_update_as_one_jvp_per_block(settings, options):
+    """--jvp-schedule sweep carries every block's directions through the later blocks together;
+    per-block re-runs the rest of the network for each block: the same derivatives, the same update."""
+    options = dict(options)
+    batch = options.pop("batch", 8)
+    sweep, sweep_stats = one_update(make_trainer(settings=settings, fwd_mode="jvp", jvp_schedule="sweep", **options),
+                                    batch=batch)
+    per_block, _ = one_update(make_trainer(settings=settings, fwd_mode="jvp", jvp_schedule="per-block", **options),
+                              batch=batch)
+    for key in sweep:
+        scale = max(1.0, float(per_block[key].abs().max())) if sweep[key].is_floating_point() else 0
+        assert float((sweep[key] - per_block[key]).abs().max()) <= 1e-5 * scale, key
+    assert max(float(d.abs().max()) for d in sweep.values() if d.is_floating_point()) > 1e-2  # a real update
+
+
 def test_forward_mode_training_follows_the_emulation_with_batchnorm_statistics():
     runs = []
     for mode in ("jvp", "emulate"):
         trainer = Trainer(tiny_config(method="fwdgrad", modules=3, head="fg-linear", lr=0.05,
-                                      rule_options={"fwd_mode": mode}))
+                                      rule_options={"fwd_mode": mode, **BLOCK}))
         trainer.fit()  # 4 steps with momentum and weight decay
         runs.append(parameters_of(trainer))
     for key in runs[0]:
@@ -93,34 +126,46 @@ def test_forward_mode_training_follows_the_emulation_with_batchnorm_statistics()
 
 
 # ------------------------------------------------------------------ guess = target
+SPACES = [dict(space="weight"), dict(space="weight", **BLOCK), dict(space="activity")]
+
+
 @pytest.mark.parametrize("fwd_mode", ["jvp", "emulate"])
-@pytest.mark.parametrize("space", ["weight", "activity"])
+@pytest.mark.parametrize("space", SPACES)
 def test_local_guess_of_the_local_target_is_the_exact_local_gradient(space, fwd_mode):
-    """Guess = target: every estimate equals its target, so the update is dgl's exactly (the paper's
-    "local learning", Table 4)."""
-    forward, _ = one_update(make_trainer(target="local", guess="local", space=space, fwd_mode=fwd_mode))
-    dgl, _ = one_update(make_trainer(method="dgl"))
+    """Guess = target: every estimate equals its target (the per-sample ones sum to it), so the update
+    is dgl's exactly (the paper's "local learning", Table 4)."""
+    forward, _ = one_update(make_trainer(settings=SMALL_RESNET, target="local", guess="local", fwd_mode=fwd_mode,
+                                         **space), batch=4)
+    dgl, _ = one_update(make_trainer(method="dgl", settings=SMALL_RESNET), batch=4)
     for key in dgl:
         if dgl[key].is_floating_point():
             torch.testing.assert_close(forward[key], dgl[key], rtol=1e-5, atol=1e-7, msg=key)
 
 
-@pytest.mark.parametrize("space", ["weight", "activity"])
+@pytest.mark.parametrize("space", SPACES)
 def test_guess_equal_to_the_global_target_gives_the_global_gradient_through_forward_mode(space):
-    """Eq. 1 with u = g: <g, g> / ||g||^2 g = g, where <g, g> comes from a JVP through two BN blocks
-    and the classifier, i.e. the forward-mode derivative matches back-propagation."""
-    trainer = make_trainer(space=space)
+    """Eq. 1 with u = g: <g, g> / ||g||^2 g = g, where <g, g> comes from JVPs through BN blocks and
+    the classifier, i.e. the forward-mode derivatives match back-propagation. Per sample and tensor,
+    the guesses are the per-sample targets g_i^t and their estimates sum to the batch gradient."""
+    trainer = make_trainer(settings=SMALL_RESNET, fwd_mode="jvp", **space)
     net, rule = trainer.net, trainer.rule
-    x, y = a_batch(trainer)
+    x, y = a_batch(trainer, 4)
     block = net[0]
     inputs = x.detach()
-    output = block.body(inputs)
+    tensors = BlockTensors(block.body)
+    with tensors.recording(keep_outputs=True) as recorded:
+        output = block.body(inputs)
     params = [p for p in block.body.parameters()]
     loss = F.cross_entropy(net[2].head(net[2].body(net[1].body(output))), y)
-    wrt = params if space == "weight" else [output]
-    exact = [g.detach() for g in torch.autograd.grad(loss, wrt)]
-    oracle = _ForwardMode(block, inputs, output, rule._target_path(net, 0), y, exact=True)
-    estimate = rule._estimate(exact, oracle)
+    if rule.per_sample_tensor:
+        exact = [g.detach() for g in torch.autograd.grad(loss, params, retain_graph=True)]
+        guess = tensors.gradients(recorded, torch.autograd.grad(loss, tensors.outputs(recorded)))
+    else:
+        exact = [g.detach() for g in torch.autograd.grad(loss, params if rule.space == "weight" else [output])]
+        guess = exact
+    oracle = _ForwardMode(block, inputs, output, rule._target_path(net, 0), y, exact=True, tensors=tensors,
+                          recorded=recorded)
+    estimate = rule._estimate(guess, rule._derivatives(guess, oracle))
     for found, wanted in zip(estimate, exact):
         torch.testing.assert_close(found, wanted, rtol=1e-4, atol=1e-9)
 
@@ -148,6 +193,36 @@ def test_projection_on_the_span_of_the_guesses():
     torch.testing.assert_close(projected(target).flatten(1), least_squares, rtol=1e-4, atol=1e-5)
 
 
+# ------------------------------------------------------------------ per-sample gradients
+@pytest.mark.parametrize("layer,shape", [
+    (nn.Linear(5, 3), (4, 5)),
+    (nn.Linear(5, 3), (4, 2, 5)),  # positions between batch and features
+    (nn.Conv2d(3, 4, 3, stride=2, padding=1, dilation=1), (4, 3, 7, 7)),
+    (nn.Conv2d(3, 4, 2, dilation=2, bias=False), (4, 3, 6, 6)),
+    (nn.Conv1d(3, 4, 3, padding=2, stride=2), (4, 3, 9)),
+    (nn.BatchNorm2d(3), (4, 3, 5, 5)),
+    (nn.BatchNorm1d(3), (4, 3)),
+])
+def test_closed_form_per_sample_gradients_are_those_of_per_sample_copies(layer, shape):
+    """The closed forms (unfolded patches, outer products, normalised input; the authors' formulas)
+    equal the gradients w.r.t. per-sample copies of the parameters taken by autograd, and they sum
+    to the batch gradient."""
+    from locallearn.per_sample import _closed_form_gradients, _copy_gradients, _phi_input
+    torch.manual_seed(0)
+    x = torch.randn(shape, requires_grad=True)
+    out = layer(x)
+    grad = torch.randn_like(out)
+    names = [name for name, _ in layer.named_parameters()]
+    z = _phi_input(layer, x.detach())
+    closed = _closed_form_gradients(layer, z, grad)
+    copies = _copy_gradients(layer, z, grad, names)
+    batch = torch.autograd.grad(out, list(layer.parameters()), grad)
+    assert closed.keys() == copies.keys() == set(names)
+    for name, whole in zip(names, batch):
+        torch.testing.assert_close(closed[name], copies[name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(closed[name].sum(0), whole, rtol=1e-4, atol=1e-5)
+
+
 # ------------------------------------------------------------------ random guesses
 def true_block_gradients():
     """The global gradient of a small BN-free network w.r.t. its first layer's weights and output."""
@@ -162,31 +237,38 @@ def true_block_gradients():
 
 @pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
 @pytest.mark.parametrize("space", ["weight", "activity"])
-def test_random_guesses_give_unbiased_estimates(kind, space):
-    """E[<g, u> u] = g for E[u u^T] = I. The mean of N = 4000 estimates is compared with g
-    coordinate by coordinate: z = (mean - g) / (sample std / sqrt(N)) must stay below 5 in absolute
-    value for all 15 coordinates (a false alarm has probability ~1e-5). The normalised estimate
-    <g, u> / ||u||^2 u, which deterministic guesses use, has mean g / D and fails the same test."""
+def test_random_guess_estimates_have_the_expected_mean(kind, space):
+    """<g, u> u has mean g for E[u u^T] = I (--random-scale unbiased; the authors' activity space).
+    The authors' weight-space <g, u> / ||u||^2 u has mean g / D (D = 15 coordinates here): u / ||u||
+    is uniform on the sphere for Gaussian u, and ||u||^2 = D for Rademacher u. The mean of N = 4000
+    estimates is compared with its expectation coordinate by coordinate: z = (mean - expected) /
+    (sample std / sqrt(N)) must stay below 5 in absolute value for all 15 coordinates (a false alarm
+    has probability ~1e-5); the wrong expectation gives |z| > 20."""
     weight_targets, activity_targets = true_block_gradients()
     target = weight_targets if space == "weight" else activity_targets
     g = torch.cat([t.flatten() for t in target]).double()
     draws = 4000
     torch.manual_seed(1)
 
-    def estimates(rule):
+    def z_scores(rule, expected):
         found = torch.empty(draws, g.numel(), dtype=torch.float64)
         for n in range(draws):
             guess = [fg.random_guess(t, kind) for t in target]
-            found[n] = torch.cat([e.flatten() for e in rule._estimate(guess, _ExplicitTarget(target))])
-        return found
+            estimate = rule._estimate(guess, rule._derivatives(guess, _ExplicitTarget(target)))
+            found[n] = torch.cat([e.flatten() for e in estimate])
+        return (found.mean(0) - expected) / (found.std(0) / math.sqrt(draws))
 
-    def z_scores(found):
-        return (found.mean(0) - g) / (found.std(0) / math.sqrt(draws))
-
-    unbiased = z_scores(estimates(ForwardGradient(guess=kind, space=space)))
-    assert unbiased.abs().max() < 5, unbiased
-    normalised_rule = ForwardGradient(guess="local", space=space)  # same formula as a local guess
-    assert z_scores(estimates(normalised_rule)).abs().max() > 20
+    authors = ForwardGradient(guess=kind, space=space, **(BLOCK if space == "weight" else {}))
+    unbiased = ForwardGradient(guess=kind, space=space, random_scale="unbiased",
+                               **(BLOCK if space == "weight" else {}))
+    assert z_scores(unbiased, g).abs().max() < 5
+    if space == "weight":
+        assert z_scores(authors, g / g.numel()).abs().max() < 5
+        assert z_scores(authors, g).abs().max() > 20
+    else:
+        assert z_scores(authors, g).abs().max() < 5
+        normalised_rule = ForwardGradient(guess="local", space=space)  # the formula of a local guess
+        assert z_scores(normalised_rule, g).abs().max() > 20
 
 
 # ------------------------------------------------------------------ activity space
@@ -233,40 +315,64 @@ def test_activity_estimate_is_back_propagated_inside_its_block_only():
 
 # ------------------------------------------------------------------ memory
 def body_calls_without_graph(trainer, meter):
-    """Record meter.current around every block forward run without an autograd graph (the JVPs)."""
+    """Record (block, meter.current before, after) around every block forward run without an
+    autograd graph (the forward-mode runs)."""
     calls = []
     for module in trainer.net:
         module.body.register_forward_pre_hook(
-            lambda mod, args: calls.append([meter.current]) if not torch.is_grad_enabled() else None)
+            lambda mod, args, k=module.index: calls.append([k, meter.current]) if not torch.is_grad_enabled() else None)
         module.body.register_forward_hook(
-            lambda mod, args, out: calls[-1].append((meter.current, fwAD.unpack_dual(out).tangent is not None))
-            if not torch.is_grad_enabled() else None)
+            lambda mod, args, out: calls[-1].append(meter.current) if not torch.is_grad_enabled() else None)
     return calls
 
 
-@pytest.mark.parametrize("space", ["weight", "activity"])
-def test_forward_mode_keeps_no_activation_of_later_blocks(space):
-    trainer = make_trainer(modules=4, space=space)
+def forward_mode_runs(schedule, kind, tensors, batch, blocks=4):
+    """How often each block runs without a graph in one step (BN everywhere, local guess, 4 blocks)."""
+    if schedule == "sweep":  # each block once for the directions of the blocks below and its own
+        if kind == "block":  # both in one call
+            return [1] * blocks
+        own = {"sample-tensor": tensors,  # one call per tensor
+               "activity": [1] * (blocks - 1)}[kind]  # activity: its forward (the guess needs only the head)
+        return [own[k] + (k > 0) for k in range(blocks - 1)] + [1]  # + the last block's read-out
+    # per block: block k's JVPs (1, B per tensor, B) each run blocks k+1..K-1, and block k itself in weight space
+    jvps = {"block": [1] * (blocks - 1), "sample-tensor": [batch * n for n in tensors],
+            "activity": [batch] * (blocks - 1)}[kind]
+    first = 0 if kind == "activity" else -1
+    return [sum(jvps[k] for k in range(blocks - 1) if k + first < i or (kind != "activity" and k == i))
+            for i in range(blocks)]
+
+
+@pytest.mark.parametrize("schedule", ["sweep", "per-block"])
+@pytest.mark.parametrize("space", SPACES)
+def test_forward_mode_keeps_no_activation_of_later_blocks(space, schedule):
+    trainer = make_trainer(modules=4, settings=SMALL_RESNET, fwd_mode="jvp", jvp_schedule=schedule,
+                           **space)  # one layer per block
     meter = ActivationMeter(trainer.net.parameters())
     calls = body_calls_without_graph(trainer, meter)
     batch = 4
     x, y = a_batch(trainer, batch)
     with meter:
         trainer.rule.train_step(trainer.net, x, y, [0, 1, 2, 3])
-    # the later blocks did run, in forward mode, and saved nothing while they ran: blocks 1-3 for
-    # block 0's target, 2-3 for block 1's, 3 for block 2's; in weight space the block itself is
-    # re-run with dual parameters, in activity space the BNs make it one JVP per sample
-    runs = 4 + 3 + 2 if space == "weight" else batch * (3 + 2 + 1)
-    assert sum(tangent for _, (_, tangent) in calls) == runs
-    assert all(before == after for before, (after, _) in calls)
+    # the later blocks did run, in forward mode, and saved nothing while they ran
+    tensors = [len(list(trainer.net[k].body.parameters())) for k in range(3)]
+    kind = space["space"] if space["space"] == "activity" else trainer.rule.projection_granularity
+    assert [sum(k == i for k, _, _ in calls) for i in range(4)] == forward_mode_runs(schedule, kind, tensors, batch)
+    assert all(before == after for _, before, after in calls)
     # so the peak is that of one block and its head, exactly dgl's; the emulation keeps everything
     peaks = {}
-    for name, method, options in (("jvp", "fwdgrad", {"space": space}), ("dgl", "dgl", {}),
-                                  ("emulate", "fwdgrad", {"space": space, "fwd_mode": "emulate"})):
+    for name, method, options in (("jvp", "fwdgrad", {"fwd_mode": "jvp", "jvp_schedule": schedule, **space}),
+                                  ("dgl", "dgl", {}), ("emulate", "fwdgrad", {**space, "fwd_mode": "emulate"})):
         result = Trainer(tiny_config(method=method, modules=4, head="fg-linear", max_steps=1, batch_size=batch,
-                                     rule_options=options)).fit()
+                                     rule_options=options, **SMALL_RESNET)).fit()
         peaks[name] = result["peak_activation_bytes"]
-    assert peaks["jvp"] == peaks["dgl"]
+    if kind == "sample-tensor":  # plus what one layer's per-sample gradients save (B parameter copies at most)
+        layers = [m for block in list(trainer.net)[:-1] for m in block.body.modules()]
+        largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in layers)
+        assert peaks["dgl"] <= peaks["jvp"] <= peaks["dgl"] + batch * largest * 4
+    elif kind == "activity" and schedule == "sweep":  # the head's graph (guess), then the block's (estimate)
+        assert peaks["jvp"] < peaks["dgl"]
+    else:
+        assert peaks["jvp"] == peaks["dgl"]
     assert peaks["emulate"] > 2 * peaks["jvp"]
 
 
@@ -325,6 +431,8 @@ def test_random_guesses_of_the_global_target_build_no_auxiliary_net():
     ({"projection": "span"}, "--projection span .* use it with --space activity"),
     ({"projection": "span", "space": "activity", "guess": "gaussian"}, "--guess local, ntk or fixed-ntk"),
     ({"guess": "normal"}, "unknown --guess 'normal'; choose one of: local, ntk, fixed-ntk, gaussian, rademacher"),
+    ({"space": "activity", **BLOCK}, "--projection-granularity block is a weight-space option"),
+    ({"random_scale": "none"}, "unknown --random-scale 'none'; choose one of: authors, unbiased"),
 ])
 def test_impossible_options_are_user_errors(options, message):
     with pytest.raises(UserError, match=message):
@@ -335,7 +443,7 @@ def test_dropout_models_need_the_emulation():
     settings = dict(model="alexnet", dataset_kwargs={"shape": (3, 16, 16), "classes": 4, "train": 32, "test": 16},
                     model_kwargs={"width": 0.125, "fc_width": 16})
     with pytest.raises(UserError, match="dropout masks would differ"):
-        make_trainer(settings=settings)
+        make_trainer(settings=settings, fwd_mode="jvp")
     make_trainer(settings=settings, fwd_mode="emulate")
 
 
