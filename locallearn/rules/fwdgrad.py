@@ -533,6 +533,6 @@ class ForwardGradient(Rule):
     @staticmethod
     def _step(module: LocalModule, pairs) -> None:
         module.optimizer.zero_grad(set_to_none=True)
-        for parameter, gradient in pairs:
-            parameter.grad = gradient.detach()
+        for parameter, gradient in pairs:  # an estimate made under --amp has the autocast dtype
+            parameter.grad = gradient.detach().to(parameter.dtype)
         module.optimizer.step()
