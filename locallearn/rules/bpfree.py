@@ -195,13 +195,17 @@ class LayerwiseBPFree(BPFreeRule):
         error = (torch.softmax(logits, 1) - onehot) / len(y)
         return logits.detach(), etf_features_adjoint(error @ etf.t(), out, self.etf_features)
 
+    def module_units(self, module: LocalModule) -> list[Unit]:
+        """The units module k trains, in order: its layer's units, then the classifier if it is the last."""
+        return self.units[module.index] + ([self.classifier] if module.is_last else [])
+
     def train_step(self, net: ModularNet, x: torch.Tensor, y: torch.Tensor, active: Sequence[int]) -> Stats:
         self._matrices_to(x.device)
         stats: Stats = {}
         h, previous = x, None
-        for module, units in zip(net, self.units):
+        for module in net:
             penalties = []
-            for unit in units + ([self.classifier] if module.is_last else []):
+            for unit in self.module_units(module):
                 h, previous, logits, penalty = self.unit_step(module, unit, h, y, previous)
                 if penalty is not None:
                     penalties.append(penalty)
