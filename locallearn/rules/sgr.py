@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..double_backward import fast_double_backward
+from ..measure import held
 from ..network import LocalModule
 from .base import LocalRule, Stats, detached_input, option, record, reforward_option
 from .registry import RULES
@@ -141,12 +142,15 @@ class SuccessiveGradientReconciliation(LocalRule, SGROptions):
         params = module.trainable_parameters()
         module.optimizer.zero_grad(set_to_none=True)
 
+        # dL_k/dx_k, kept alive until module k+1 is done with it: `held` counts it as activation memory
+        output_gradient = None
         if reconcile:
             # dL_k/dx_{k-1} as a function of theta_k (create_graph), and dL_k/dx_k for module k+1
             wanted = [inputs, outputs] if keep_output_gradient else [inputs]
             gradients = torch.autograd.grad(loss, wanted, create_graph=True)
+            if keep_output_gradient:
+                output_gradient = held(gradients[1].detach())
             penalty = self.penalty(gradients[0], previous)
-            output_gradient = gradients[1].detach() if keep_output_gradient else None
             del gradients
             # inputs=params: no gradient is accumulated into the (detached) module input
             torch.autograd.backward(loss + self.sgr_lambda * penalty, inputs=params)
@@ -154,9 +158,9 @@ class SuccessiveGradientReconciliation(LocalRule, SGROptions):
             # plain dgl update; the gradients the penalty needs are read by hooks during the same backward
             seen: dict[str, torch.Tensor] = {}
             if previous is not None:
-                inputs.register_hook(lambda g: seen.__setitem__("inputs", g))
+                inputs.register_hook(lambda g: seen.__setitem__("inputs", held(g)))
             if keep_output_gradient:
-                outputs.register_hook(lambda g: seen.__setitem__("outputs", g))
+                outputs.register_hook(lambda g: seen.__setitem__("outputs", held(g)))
             loss.backward()
             penalty = self.penalty(seen["inputs"], previous) if previous is not None else None
             output_gradient = seen.get("outputs")
@@ -164,5 +168,5 @@ class SuccessiveGradientReconciliation(LocalRule, SGROptions):
 
         if penalty is not None:
             stats[f"sgr/{module.index}"] = penalty.detach()
-        message = {GRADIENT: output_gradient.detach()} if output_gradient is not None else {}
+        message = {GRADIENT: output_gradient} if output_gradient is not None else {}
         return self.next_input(module, inputs, outputs), message
