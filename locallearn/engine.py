@@ -222,12 +222,14 @@ class Trainer:
         if p.batch == 0:  # a resumed epoch keeps the augmentation generator state of its checkpoint
             self._augment_generator.manual_seed(self._epoch_seed() ^ 0x5DEECE66D)
         sums: dict[str, torch.Tensor] = {}
+        reported: dict[str, int] = {}  # steps that reported each statistic (sgr --sgr-every: not all)
         count = 0
         started = time.perf_counter()
         for x, y in self._batches():
             stats = self._train_step(x, y, active, measure=cfg.measure and p.phase_step == 0)
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value.detach().float()
+                reported[key] = reported.get(key, 0) + 1
             count += 1
             p.batch += 1
             p.phase_step += 1
@@ -248,6 +250,8 @@ class Trainer:
             if p.phase_step >= self.phase_steps:
                 break
         self.train_seconds += time.perf_counter() - started
+        # _end_epoch divides by `count`: a statistic reported on fewer steps is the mean over those
+        sums = {key: total * (count / reported[key]) for key, total in sums.items()}
         self._end_epoch(sums, count, time.perf_counter() - started)
 
     # Seams a distributed trainer overrides (distributed/pipeline.py).

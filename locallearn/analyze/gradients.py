@@ -80,6 +80,7 @@ def local_update_directions(trainer, x, y) -> list[dict[int, torch.Tensor]]:
     net, rule = trainer.net, trainer.rule
     recorders = [_Recorder(module.trainable_parameters()) for module in net]
     optimizers = [module.optimizer for module in net]
+    rule_state = rule.state_dict()  # e.g. sgr's step count (--sgr-every): the probe is not a step of the run
     with _state_preserved(net):
         for module, recorder in zip(net, recorders):
             module.optimizer = recorder
@@ -88,6 +89,7 @@ def local_update_directions(trainer, x, y) -> list[dict[int, torch.Tensor]]:
         finally:
             for module, optimizer in zip(net, optimizers):
                 module.optimizer = optimizer
+            rule.load_state_dict(rule_state)
     return [recorder.recorded for recorder in recorders]
 
 
