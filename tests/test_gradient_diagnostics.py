@@ -23,12 +23,13 @@ def state(trainer):
     return {k: v.detach().clone() for k, v in trainer.net.state_dict().items()}
 
 
-def test_probes_change_neither_weights_nor_batchnorm_statistics():
-    trainer = Trainer(tiny_config(method="sgr", modules=3))
+def test_probes_change_neither_weights_nor_batchnorm_statistics_nor_the_rules_state():
+    trainer = Trainer(tiny_config(method="sgr", modules=3, rule_options={"sgr_every": 2}))
     x, y = batch(trainer)
     before = state(trainer)
     rows = gradient_diagnostics(trainer, [(x, y)], step_size=0.1)
     assert_same_tensors(before, state(trainer))
+    assert trainer.rule.state_dict() == {"module_steps": {}}  # the probe's step is not a step of the run
     assert all(p.grad is None for p in trainer.net.parameters())
     assert [r["module"] for r in rows] == [1, 2, 3]
     assert rows[0]["sgr"] is None and rows[0]["loss_change"] is None and rows[1]["sgr"] is not None

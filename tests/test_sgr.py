@@ -343,7 +343,7 @@ def test_sgr_every_m_alternates_exact_sgr_and_dgl_steps():
         rule.train_step(by_hand.net, x, y, [0, 1, 2])
         assert ("sgr/1" in stats) == (step % 3 == 0)
     assert_same_tensors(parameters_of(every), parameters_of(by_hand))
-    assert every.rule.state_dict() == {"steps_taken": 4}
+    assert every.rule.state_dict() == {"module_steps": {0: 4, 1: 4, 2: 4}}
 
 
 def test_the_logged_penalty_of_sgr_every_is_the_mean_over_reconciling_steps():

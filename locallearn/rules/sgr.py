@@ -143,18 +143,15 @@ class SuccessiveGradientReconciliation(LocalRule, SGROptions):
             raise ValueError(f"--sgr-every must be a whole number >= 1, got {self.sgr_every}")
         if not 0 < self.sgr_subbatch <= 1:
             raise ValueError(f"--sgr-subbatch must be a fraction in (0, 1], got {self.sgr_subbatch}")
-        self.steps_taken = 0  # training steps so far, for --sgr-every (rule state: checkpointed)
+        # steps taken by each module, for --sgr-every (rule state, checkpointed): counted per module,
+        # so that a pipeline stage, which runs only its own modules, counts alike
+        self.module_steps: dict[int, int] = {}
 
     def state_dict(self) -> dict:
-        return {"steps_taken": self.steps_taken}
+        return {"module_steps": dict(self.module_steps)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.steps_taken = state.get("steps_taken", 0)
-
-    def train_step(self, net, x, y, active) -> Stats:
-        self.reconciling = self.steps_taken % self.sgr_every == 0
-        self.steps_taken += 1
-        return super().train_step(net, x, y, active)
+        self.module_steps = dict(state.get("module_steps", {}))
 
     def penalty(self, current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         """L^SGR; differentiable w.r.t. `current` (the closed-form backward of `_Penalty`)."""
@@ -162,7 +159,9 @@ class SuccessiveGradientReconciliation(LocalRule, SGROptions):
 
     def module_step(self, module: LocalModule, x: torch.Tensor, y: torch.Tensor, message: dict,
                     stats: Stats) -> tuple[torch.Tensor, dict]:
-        if not self.reconciling:  # --sgr-every: a dgl step, nothing handed down
+        step = self.module_steps.get(module.index, 0)
+        self.module_steps[module.index] = step + 1
+        if step % self.sgr_every:  # --sgr-every: a dgl step, nothing handed down
             return super().module_step(module, x, y, message, stats)
         previous = message.get(GRADIENT)  # None for the first module (and after a frozen one)
         if previous is not None and self.sgr_lambda > 0:
