@@ -221,10 +221,10 @@ class SuccessiveGradientReconciliation(LocalRule, SGROptions):
 
     def subbatch_step(self, module, x, y, previous, stats) -> tuple[torch.Tensor, dict]:
         """--sgr-subbatch f < 1 (an approximation): the full-batch dgl gradient plus lambda times the
-        penalty gradient of the first n = round(f N) samples, which run a forward of their own (batch
+        penalty gradient of the first n = round(f N) >= 2 samples, which run a forward of their own (batch
         norm normalises them with their own statistics and leaves the running statistics alone)."""
         inputs, outputs, seen = self.dgl_backward(module, x, y, stats, input_gradient=False)
-        count = max(1, round(self.sgr_subbatch * len(y)))
+        count = min(len(y), max(2, round(self.sgr_subbatch * len(y))))  # batch norm needs 2 samples
         sub_inputs = detached_input(x[:count], requires_grad=True)
         with fast_double_backward(), frozen_batchnorm_statistics(module.body, module.head):
             logits = module.head(module(sub_inputs))
