@@ -15,6 +15,11 @@ from locallearn.module_state import frozen_batchnorm_statistics
 from locallearn.rules.sgr import GRADIENT, SuccessiveGradientReconciliation, sgr_penalty
 
 
+def copied(message: dict) -> dict:
+    """A message as handed down (module k+1 takes the gradient out and reuses its buffer)."""
+    return {key: value.clone() for key, value in message.items()}
+
+
 def fitted(cfg):
     trainer = Trainer(cfg)
     return trainer, trainer.fit()
@@ -54,8 +59,14 @@ def test_the_rules_closed_form_penalty_backward_equals_autograd_of_the_definitio
     mine = rule.penalty(a, b)
     reference = sgr_penalty(a, b, normalisation, reduction)
     torch.testing.assert_close(mine, reference, rtol=1e-12, atol=0)
-    torch.testing.assert_close(torch.autograd.grad(mine, a)[0], torch.autograd.grad(reference, a)[0],
-                               rtol=1e-10, atol=1e-14)
+    expected = torch.autograd.grad(reference, a)[0]
+    torch.testing.assert_close(torch.autograd.grad(mine, a)[0], expected, rtol=1e-10, atol=1e-14)
+    # consuming `previous` (what the rule does with the gradient handed down): its buffer holds dP/da
+    consumed = b.clone()
+    mine = rule.penalty(a, consumed, consume=True)
+    torch.testing.assert_close(mine, reference, rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(mine, a)[0], expected, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(consumed, expected, rtol=1e-10, atol=1e-14)
 
 
 def mlp_two_modules(**options):
@@ -122,7 +133,7 @@ def test_every_module_hands_down_the_gradient_of_its_own_local_loss():
 
     def spy(module, x, y, message, stats):
         h, handed_down = original(module, x, y, message, stats)
-        seen.append((module, x, handed_down))
+        seen.append((module, x, copied(handed_down)))  # the next module consumes the gradient
         return h, handed_down
 
     rule.module_step = spy
@@ -308,7 +319,7 @@ def test_sgr_step_with_the_fast_double_backward_equals_pytorchs_on_a_resnet():
     x = x.double()
     seen = []
     original = rule.module_step
-    rule.module_step = lambda m, h, y_, msg, st: seen.append((m, h, dict(msg))) or original(m, h, y_, msg, st)
+    rule.module_step = lambda m, h, y_, msg, st: seen.append((m, h, copied(msg))) or original(m, h, y_, msg, st)
     rule.train_step(net, x, y, active=[0, 1, 2])
     for module, inputs, message in seen[1:]:
         params = module.trainable_parameters()
@@ -351,8 +362,8 @@ def test_the_logged_penalty_of_sgr_every_is_the_mean_over_reconciling_steps():
     seen = []
     original = trainer.rule.penalty
 
-    def spy(current, previous):
-        penalty = original(current, previous)
+    def spy(current, previous, consume=False):
+        penalty = original(current, previous, consume)
         seen.append(float(penalty.detach()))
         return penalty
 
@@ -390,7 +401,7 @@ def test_sgr_subbatch_adds_the_penalty_gradient_of_a_sub_batch_with_its_own_forw
     x, n = x.double(), 8  # round(0.25 * 32)
     seen = []
     original = rule.module_step
-    rule.module_step = lambda m, h, y_, msg, st: seen.append((m, h, dict(msg))) or original(m, h, y_, msg, st)
+    rule.module_step = lambda m, h, y_, msg, st: seen.append((m, h, copied(msg))) or original(m, h, y_, msg, st)
     rule.train_step(net, x, y, active=[0, 1, 2])
     for module, inputs, message in seen[1:]:
         assert all(int(b.num_batches_tracked) == 1 for b in module.modules() if isinstance(b, torch.nn.BatchNorm2d))

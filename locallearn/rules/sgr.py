@@ -61,20 +61,24 @@ class _Penalty(torch.autograd.Function):
         P = c sum_n |a_n - b_n|^2,  dP/da_n = 2c (a_n - b_n)                          (none)
 
     (F.normalize divides by max(|a|, eps): where |a| <= eps the divisor is the constant eps and the
-    projection term drops out.) Both d and dP/da are built in place in one buffer.
+    projection term drops out.) Both d and dP/da are built in place in one buffer: a new one, or, with
+    `consume`, the buffer of `previous`, which is then overwritten.
     """
 
     @staticmethod
-    def forward(ctx, current, previous, normalisation, reduction):
+    def forward(ctx, current, previous, normalisation, reduction, consume):
         a, b = current.flatten(1), previous.flatten(1)
         scale = 1.0 / (a.numel() if reduction == "mean" else a.shape[0])
         if normalisation == "l2":
             a_length = torch.linalg.vector_norm(a, dim=1, keepdim=True)
             a_norm = a_length.clamp_min(NORM_EPS)
             b_norm = torch.linalg.vector_norm(b, dim=1, keepdim=True).clamp_min(NORM_EPS)
-            gradient = torch.mul(a, a_norm.reciprocal()).addcmul_(b, -b_norm.reciprocal())  # d
+            if consume:  # d = a/|a| - b/|b|
+                gradient = b.mul_(-b_norm.reciprocal()).addcmul_(a, a_norm.reciprocal())
+            else:
+                gradient = torch.mul(a, a_norm.reciprocal()).addcmul_(b, -b_norm.reciprocal())
         else:
-            gradient = a - b
+            gradient = b.neg_().add_(a) if consume else a - b
         # per-sample squared norms summed: a sum over all N*D squares in float32 loses digits
         value = scale * torch.linalg.vector_norm(gradient, dim=1).square().sum()
         if normalisation == "l2":
@@ -91,7 +95,7 @@ class _Penalty(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         gradient, = ctx.saved_tensors
-        return (gradient * grad).view(ctx.shape), None, None, None
+        return (gradient * grad).view(ctx.shape), None, None, None, None
 
 
 @dataclass
@@ -153,9 +157,10 @@ class SuccessiveGradientReconciliation(LocalRule, SGROptions):
     def load_state_dict(self, state: dict) -> None:
         self.module_steps = dict(state.get("module_steps", {}))
 
-    def penalty(self, current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        """L^SGR; differentiable w.r.t. `current` (the closed-form backward of `_Penalty`)."""
-        return _Penalty.apply(current, previous.detach(), self.sgr_norm, self.sgr_reduction)
+    def penalty(self, current: torch.Tensor, previous: torch.Tensor, consume: bool = False) -> torch.Tensor:
+        """L^SGR; differentiable w.r.t. `current` (the closed-form backward of `_Penalty`). With
+        `consume`, the buffer of `previous` is reused (overwritten) for the penalty's gradient."""
+        return _Penalty.apply(current, previous.detach(), self.sgr_norm, self.sgr_reduction, consume)
 
     def module_step(self, module: LocalModule, x: torch.Tensor, y: torch.Tensor, message: dict,
                     stats: Stats) -> tuple[torch.Tensor, dict]:
@@ -163,7 +168,10 @@ class SuccessiveGradientReconciliation(LocalRule, SGROptions):
         self.module_steps[module.index] = step + 1
         if step % self.sgr_every:  # --sgr-every: a dgl step, nothing handed down
             return super().module_step(module, x, y, message, stats)
-        previous = message.get(GRADIENT)  # None for the first module (and after a frozen one)
+        # dL_{k-1}/dx_{k-1}, None for the first module (and after a frozen one). Taken out of the
+        # message: module k owns it, and the penalty overwrites it with its own gradient, so that at
+        # the peak (module k's double backward) two such tensors are alive, not three
+        previous = message.pop(GRADIENT, None)
         if previous is not None and self.sgr_lambda > 0:
             if self.sgr_subbatch < 1:
                 return self.subbatch_step(module, x, y, previous, stats)
@@ -185,8 +193,8 @@ class SuccessiveGradientReconciliation(LocalRule, SGROptions):
         wanted = [inputs] if module.is_last else [inputs, outputs]
         gradients = torch.autograd.grad(loss, wanted, create_graph=True)
         output_gradient = None if module.is_last else held(gradients[1].detach())
-        penalty = self.penalty(gradients[0], previous)
-        del gradients
+        penalty = self.penalty(gradients[0], previous, consume=True)
+        del gradients, previous
         # inputs=params: no gradient is accumulated into the (detached) module input
         torch.autograd.backward(loss + self.sgr_lambda * penalty, inputs=params)
         module.optimizer.step()
@@ -199,7 +207,7 @@ class SuccessiveGradientReconciliation(LocalRule, SGROptions):
         inputs, outputs, seen = self.dgl_backward(module, x, y, stats, input_gradient=previous is not None)
         module.optimizer.step()
         if previous is not None:
-            stats[f"sgr/{module.index}"] = self.penalty(seen["inputs"], previous).detach()
+            stats[f"sgr/{module.index}"] = self.penalty(seen["inputs"], previous, consume=True).detach()
         return self.next_input(module, inputs, outputs), self.handed_down(seen.get("outputs"))
 
     def dgl_backward(self, module, x, y, stats, input_gradient: bool):
@@ -231,8 +239,8 @@ class SuccessiveGradientReconciliation(LocalRule, SGROptions):
         # summed and divided by the full N: per-sample gradients on the scale of the full batch's
         loss = F.cross_entropy(logits, y[:count], reduction="sum") / len(y)
         input_gradient, = torch.autograd.grad(loss, sub_inputs, create_graph=True)
-        penalty = self.penalty(input_gradient, previous[:count])
-        del input_gradient
+        penalty = self.penalty(input_gradient, previous[:count], consume=True)
+        del input_gradient, previous
         # accumulated into the dgl gradient in .grad: one optimizer step with the sum
         torch.autograd.backward(self.sgr_lambda * penalty, inputs=module.trainable_parameters())
         module.optimizer.step()
