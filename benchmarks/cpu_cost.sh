@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Peak activation bytes, FLOPs and step-time ratios of the method issues, measured side by side
 # in one bench per line: CIFAR-sized generated data (3x32x32), batch 128, 2 threads, a few steps.
-# Usage: benchmarks/cpu_cost.sh spine|sgr|auglocal|backlink|backlink-recompute|fwdgrad|pipeline [OUT_DIR]
+# Usage: benchmarks/cpu_cost.sh spine|sgr|sgr-interleaved|auglocal|backlink|backlink-recompute|fwdgrad|pipeline [OUT_DIR]
 # Run on a quiet machine: step times are medians, but the ratios still move with other load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=${1:?spine|sgr|auglocal|backlink|backlink-recompute|fwdgrad|pipeline}
+what=${1:?spine|sgr|sgr-interleaved|auglocal|backlink|backlink-recompute|fwdgrad|pipeline}
 out=${2:-runs/bench-cost-$what}
 ll=${LOCALLEARN:-.venv/bin/locallearn}
 img=(--dataset synthetic --dataset-kwargs shape=3x32x32 train=1280 test=128 --batch-size 128 --threads 2
@@ -21,6 +21,11 @@ case $what in
     for head in conv linear; do
       $ll bench "${img[@]}" --model resnet32 --methods bp,dgl,sgr --modules 3,16 --head $head --max-steps 6 --out "$out/resnet32-$head"
     done ;;
+  sgr-interleaved)  # issues 12, 16: sgr / bp and dgl / bp at ResNet-32 K=16, steps interleaved in one process,
+    # median wall and CPU time; the cheaper approximations beside exact sgr
+    mkdir -p "$out"
+    PYTHONPATH=. ${PYTHON:-.venv/bin/python} benchmarks/interleaved_sgr.py --threads 2 --rounds 9 --heads linear,conv \
+      --methods bp,dgl,sgr,sgr:sgr-every=2,sgr:sgr-every=4,sgr:sgr-every=8,sgr:sgr-subbatch=0.25 --json "$out/interleaved.json" ;;
   auglocal)  # issue 4: layer-wise, d=3 in the authors' layout (the default) and the former one; memory on ResNet-110, time on ResNet-32
     $ll bench "${img[@]}" --model resnet110 --split layer --methods bp,dgl,auglocal:aux-depth=3,auglocal:aux-depth=3:aux-layout=layer --max-steps 1 --out "$out/resnet110"
     $ll bench "${img[@]}" --model resnet32 --split layer --methods bp,dgl,auglocal:aux-depth=3,auglocal:aux-depth=3:aux-layout=layer --max-steps 8 --out "$out/resnet32" ;;
@@ -62,5 +67,5 @@ case $what in
       $ll bench "${img[@]}" --model $1 --head conv --modules $2 --max-steps $3 --out "$out/$1-k$2" --methods \
         dgl,backlink:link-length=1,backlink:link-length=1:link-recompute=true,backlink:link-length=2,backlink:link-length=2:link-recompute=true
     done ;;
-  *) echo "unknown benchmark $what; choose spine, sgr, auglocal, backlink, backlink-recompute, fwdgrad or pipeline" >&2; exit 2 ;;
+  *) echo "unknown benchmark $what; choose spine, sgr, sgr-interleaved, auglocal, backlink, backlink-recompute, fwdgrad or pipeline" >&2; exit 2 ;;
 esac

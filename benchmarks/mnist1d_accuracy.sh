@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Accuracy benchmarks of the method issues on the embedded mnist1d, 3 seeds each.
-# Usage: benchmarks/mnist1d_accuracy.sh sgr|bpfree|auglocal|backlink|fwdgrad [OUT_DIR]
+# Usage: benchmarks/mnist1d_accuracy.sh sgr|sgr-every|bpfree|auglocal|backlink|fwdgrad [OUT_DIR]
 #
 # The setting: a narrow 8-layer 1-D CNN with linear auxiliary heads, 10 epochs. The default
 # cnn1d with conv heads reaches ~98-99% with every method (no room to tell them apart); this one
 # leaves BP ~18 points above layer-wise DGL, the regime the papers study. Each run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=${1:?sgr|bpfree|auglocal|backlink|fwdgrad}
+what=${1:?sgr|sgr-every|bpfree|auglocal|backlink|fwdgrad}
 out=${2:-runs/bench-mnist1d-$what}
 ll=${LOCALLEARN:-.venv/bin/locallearn}
 narrow_cnn=(--model cnn1d --model-kwargs "widths=(16,16,32,32,64,64,64,64)" --head linear)
@@ -20,6 +20,12 @@ case $what in
   sgr)  # issue 3: dgl, reforward and an SGR lambda sweep (mean reduction = the paper's lambdas) at K=4, 8
     $ll bench "${narrow_cnn[@]}" "${common[@]}" --modules 4,8 \
       --methods bp,dgl,reforward,sgr:sgr-lambda=1,sgr:sgr-lambda=10,sgr:sgr-lambda=100,sgr:sgr-lambda=1000,sgr:sgr-reduction=sum:sgr-lambda=1 ;;
+  sgr-every)  # issue 16: the cheaper approximations, time vs accuracy: the penalty every m steps, m = 1 (exact) .. 8,
+    # and on a quarter of each batch (lambda = 100, the best setting of the sgr case)
+    methods=bp,dgl
+    for m in 1 2 4 8; do methods+=",sgr:sgr-lambda=100:sgr-every=$m"; done
+    methods+=",sgr:sgr-lambda=100:sgr-subbatch=0.25"
+    $ll bench "${narrow_cnn[@]}" "${common[@]}" --modules 4,8 --methods "$methods" ;;
   bpfree)  # issue 3: the BP-free table (SGR Table 4) on a 4-layer MLP, one module per layer
     $ll bench --model mlp --split layer --epochs 20 --seeds 0,1,2 --threads 1 --no-progress --no-measure --out "$out" \
       --methods bp,fa,dfa,drtp,pepita,layerwise-bpfree,sgr-bpfree,sgr-bpfree:sgr-lambda=100,sgr-bpfree:sgr-lambda=1000,sgr-bpfree:sgr-reduction=sum:sgr-lambda=1 ;;
@@ -46,5 +52,5 @@ case $what in
     methods+=",fwdgrad:target=global:guess=gaussian:random-scale=unbiased:fwd-mode=emulate"
     methods+=",fwdgrad:target=local:guess=local:head=fg-cnn"
     $ll bench "${narrow_cnn[@]}" "${common[@]}" --modules 8 --methods "$methods" ;;
-  *) echo "unknown benchmark $what; choose sgr, bpfree, auglocal, backlink or fwdgrad" >&2; exit 2 ;;
+  *) echo "unknown benchmark $what; choose sgr, sgr-every, bpfree, auglocal, backlink or fwdgrad" >&2; exit 2 ;;
 esac

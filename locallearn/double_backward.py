@@ -1,18 +1,22 @@
-"""Exact, cheaper second derivatives of batch norm and convolution, for SGR's gradient-of-gradient.
+"""Exact, cheaper second derivatives of batch norm, convolution and ReLU, for SGR's gradient-of-gradient.
 
 SGR differentiates dL_k/dx_{k-1} w.r.t. the module's parameters: a double backward through every
 layer of the module and its head. PyTorch's built-in double backward of batch norm is a composite
 of ~30 elementwise kernels and ~15 reductions per call (about a third of an SGR step on
 ResNet-32), and its conv double backward computes the weight term as a convolution over
 transposed (batch <-> channel) copies. Inside `fast_double_backward()`, training-mode
-`F.batch_norm` and `F.conv1d/2d` are routed to the autograd Functions below, which compute the
-same derivatives (checked against PyTorch's by the tests) with fewer passes over memory:
+`F.batch_norm`, `F.conv1d/2d` and `F.relu` are routed to the autograd Functions below, which
+compute the same derivatives (checked against PyTorch's by the tests) with fewer passes over memory:
 
-- batch norm: the first backward is the native kernel; its backward is the closed form below
-  (3 reductions and 3 fused-coefficient elementwise passes);
+- batch norm: the first backward is the native kernel; its backward is the closed form below, whose
+  three per-channel reductions (and, in SGR, dS/dg entire) come from batch norm's own backward
+  kernel, plus 3 fused-coefficient elementwise passes for dS/dx;
 - convolution: the first backward is the native kernel, asked only for the gradients the running
   backward pass will use (SGR's input-gradient pass needs no weight gradient); its backward is one
-  forward convolution and one weight-gradient kernel (the adjoint identities in `_ConvGradients`).
+  forward convolution and one weight-gradient kernel (the adjoint identities in `_ConvGradients`);
+- ReLU: its backward g * (out > 0) has no derivative in `out` (a.e.); PyTorch's double backward
+  still builds a zero tensor for it and adds it into the forward graph's gradient, `_ReluGradient`
+  returns none.
 
 Batch norm, per channel, with E[.] the mean over the M = N * spatial elements of the channel,
 x^ = (x - mu) r, r = (var + eps)^-1/2, and g = dL/dy the gradient arriving at the output:
@@ -55,31 +59,43 @@ class _BatchNormBackward(torch.autograd.Function):
         dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
             g, x, weight, None, None, mean, invstd, True, eps, [True, True, True])
         ctx.save_for_backward(g, x, weight, mean, invstd, dweight, dbias)
+        ctx.eps = eps
         return dx, dweight, dbias
 
     @staticmethod
     def backward(ctx, a, a_weight, a_bias):
         g, x, weight, mean, invstd, sum_g_xhat, sum_g = ctx.saved_tensors
+        eps = ctx.eps
         count = x.numel() // x.shape[1]
         c = lambda t: _per_channel(t, x)  # noqa: E731
         gamma_r = weight * invstd
         e_g, e_gx = sum_g / count, sum_g_xhat / count
         if a is None:
             a = torch.zeros_like(x)
-        # the three reductions over a: E[a], E[a x^] = r (E[a x] - mu E[a]), E[a g]
-        e_a = _channel_sum(a) / count
-        e_ax = invstd * (_channel_sum(a * x) / count - mean * e_a)
-        e_ag = _channel_sum(a * g) / count
-        a_w = a_weight if a_weight is not None else torch.zeros_like(weight)
-        a_b = a_bias if a_bias is not None else torch.zeros_like(weight)
+        want_g, want_x, want_weight = ctx.needs_input_grad[:3]
+        # Batch norm's own backward kernel, given a as the output gradient, makes the reductions
+        # sum(a x^) and sum(a) in one pass over a and x, and, in a second pass, gamma r (a - E[a] -
+        # x^ E[a x^]): the a-part of dS/dg. Fed g as the "input" with mean 0 and r = 1, it gives
+        # sum(a g) without an (a * g) temporary.
+        native = torch.ops.aten.native_batch_norm_backward
+        dg_of_a, sum_ax_hat, sum_a = native(a, x, weight, None, None, mean, invstd, True, eps, [want_g, True, True])
+        e_a, e_ax = sum_a / count, sum_ax_hat / count
+        e_ag = 0.0
+        if want_x or want_weight:
+            sum_ag = native(a, g, weight, None, None, torch.zeros_like(mean), torch.ones_like(invstd), True, eps,
+                            [False, True, False])[1]
+            e_ag = sum_ag / count
 
         grad_g = grad_x = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            # gamma r a + x^ (a_gamma - gamma r E[a x^]) + (a_beta - gamma r E[a]), with x^ = (x - mu) r
-            xhat_coef = a_w - gamma_r * e_ax
-            grad_g = torch.addcmul(c(a_b - gamma_r * e_a - mean * invstd * xhat_coef), x, c(invstd * xhat_coef))
-            grad_g.addcmul_(a, c(gamma_r))
-        if ctx.needs_input_grad[1]:
+        if want_g:
+            # gamma r (a - E[a] - x^ E[a x^]) + a_gamma x^ + a_beta, with x^ = (x - mu) r
+            grad_g = dg_of_a
+            if a_weight is not None:
+                grad_g = grad_g.addcmul(x, c(invstd * a_weight)).sub_(c(mean * invstd * a_weight))
+            if a_bias is not None:
+                grad_g = grad_g + c(a_bias)
+        if want_x:
+            a_w = a_weight if a_weight is not None else torch.zeros_like(weight)
             gamma_r2 = gamma_r * invstd
             cov_ag = e_ag - e_a * e_g
             xhat_coef = gamma_r2 * (3 * e_ax * e_gx - cov_ag) - a_w * invstd * e_gx
@@ -88,7 +104,7 @@ class _BatchNormBackward(torch.autograd.Function):
             constant = gamma_r2 * (e_a * e_gx + e_ax * e_g) - a_w * invstd * e_g
             grad_x = torch.addcmul(c(constant - mean * invstd * xhat_coef), x, c(invstd * xhat_coef))
             grad_x.addcmul_(a, c(a_coef)).addcmul_(g, c(g_coef))
-        if ctx.needs_input_grad[2]:
+        if want_weight:
             grad_weight = invstd * count * (e_ag - e_a * e_g - e_ax * e_gx)
         return grad_g, grad_x, grad_weight, None, None, None
 
@@ -128,6 +144,44 @@ def _will_be_used(edge) -> bool:
 
 def _edge(t: torch.Tensor | None):
     return get_gradient_edge(t) if t is not None and t.requires_grad else None
+
+
+class _ReluGradient(torch.autograd.Function):
+    """g -> g * (out > 0), ReLU's backward, with a backward that only has the term in g: its
+    derivative in `out` is zero almost everywhere (PyTorch's own builds and adds a zero tensor)."""
+
+    @staticmethod
+    def forward(ctx, g, out):
+        ctx.save_for_backward(out)
+        return torch.ops.aten.threshold_backward(g, out, 0)
+
+    @staticmethod
+    def backward(ctx, a):
+        out, = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(a, out, 0), None
+
+
+class _Relu(torch.autograd.Function):
+    """relu(x), in place when asked (as nn.ReLU(inplace=True)), with a backward through `_ReluGradient`."""
+
+    @staticmethod
+    def forward(ctx, x, inplace):
+        if inplace:
+            out = x.relu_()
+            ctx.mark_dirty(out)
+        else:
+            out = torch.relu(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        out, = ctx.saved_tensors
+        return _ReluGradient.apply(g, out), None
+
+
+def relu(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    return _Relu.apply(x, inplace)
 
 
 _CONV = {1: F.conv1d, 2: F.conv2d}
@@ -216,6 +270,10 @@ def _bind_batch_norm(input, running_mean, running_var, weight=None, bias=None, t
                 training=training, momentum=momentum, eps=eps)
 
 
+def _bind_relu(input, inplace=False):
+    return dict(input=input, inplace=inplace)
+
+
 class _Route(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -225,6 +283,10 @@ class _Route(TorchFunctionMode):
                     and call["input"].dim() >= 2:
                 return batch_norm_train(call["input"], call["weight"], call["bias"], call["running_mean"],
                                         call["running_var"], call["momentum"], call["eps"])
+        elif func is F.relu:
+            call = _bind_relu(*args, **kwargs)
+            if call["input"].requires_grad and torch.is_grad_enabled():
+                return relu(call["input"], call["inplace"])
         elif func is F.conv1d or func is F.conv2d:
             call = _bind_conv(*args, **kwargs)
             if not isinstance(call["padding"], str) and call["x"].dim() == (3 if func is F.conv1d else 4):

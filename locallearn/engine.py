@@ -254,6 +254,7 @@ class Trainer:
         self.saved_step: int | None = None  # the step of the checkpoint on disk (None: none yet)
         # the running statistics of the current epoch, checkpointed so that a resumed epoch's row is whole
         self._epoch_sums: dict = {}
+        self._epoch_reported: dict = {}
         self._epoch_count = 0
         self._epoch_seconds = 0.0   # of the current epoch, before the current (resumed) stretch of it
         self._epoch_started = time.perf_counter()
@@ -305,13 +306,14 @@ class Trainer:
         cfg, p = self.cfg, self.position
         if p.batch == 0:  # a resumed epoch keeps its augmentation generator state and running sums
             self._augment_generator.manual_seed(self._epoch_seed() ^ 0x5DEECE66D)
-            self._epoch_sums, self._epoch_count, self._epoch_seconds = {}, 0, 0.0
-        sums = self._epoch_sums
+            self._epoch_sums, self._epoch_reported, self._epoch_count, self._epoch_seconds = {}, {}, 0, 0.0
+        sums, reported = self._epoch_sums, self._epoch_reported  # reported: steps that gave each statistic
         self._epoch_started = time.perf_counter()
         for x, y in self._batches():
             stats = self._train_step(x, y, active, measure=cfg.measure and p.phase_step == 0)
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value.detach().float()
+                reported[key] = reported.get(key, 0) + 1  # sgr --sgr-every: not every step reports
             self._epoch_count += 1
             p.batch += 1
             p.phase_step += 1
@@ -337,7 +339,9 @@ class Trainer:
                 break
         seconds = self._epoch_elapsed()
         self.train_seconds += time.perf_counter() - self._epoch_started
-        self._end_epoch(sums, self._epoch_count, seconds)
+        # _end_epoch divides by the step count: a statistic reported on fewer steps is the mean over those
+        count = self._epoch_count
+        self._end_epoch({key: total * (count / reported[key]) for key, total in sums.items()}, count, seconds)
 
     def _epoch_elapsed(self) -> float:
         return self._epoch_seconds + time.perf_counter() - self._epoch_started
@@ -561,8 +565,8 @@ class Trainer:
             "rule": self.rule.state_dict(), "history": self.history, "step_seconds": self.step_seconds,
             "train_seconds": self.train_seconds + (elapsed if self.position.batch else 0.0),
             "measurements": self.measurements, "resumes": self.resumes,
-            "epoch": {"sums": {k: float(v) for k, v in self._epoch_sums.items()}, "count": self._epoch_count,
-                      "seconds": self._epoch_elapsed()} if self.position.batch else None,
+            "epoch": {"sums": {k: float(v) for k, v in self._epoch_sums.items()}, "reported": self._epoch_reported,
+                      "count": self._epoch_count, "seconds": self._epoch_elapsed()} if self.position.batch else None,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "numpy": {"name": numpy_rng[0], "keys": torch.from_numpy(numpy_rng[1].astype(np.int64)),
                               "pos": numpy_rng[2], "has_gauss": numpy_rng[3], "cached_gaussian": numpy_rng[4]},
@@ -602,7 +606,7 @@ class Trainer:
         self.train_seconds, self.measurements = state["train_seconds"], state["measurements"]
         self.resumes = list(state["resumes"])
         if state["epoch"] is not None:
-            self._epoch_sums = dict(state["epoch"]["sums"])
+            self._epoch_sums, self._epoch_reported = dict(state["epoch"]["sums"]), dict(state["epoch"]["reported"])
             self._epoch_count, self._epoch_seconds = state["epoch"]["count"], state["epoch"]["seconds"]
         self.saved_step = self.position.global_step
         if self.position.phase_step > self.phase_steps:

@@ -12,6 +12,7 @@ from locallearn import Trainer
 from locallearn.analyze.gradients import (bp_gradient, gradient_diagnostics, local_update_directions, loss_changes,
                                           sgr_penalties)
 from locallearn.cli import main
+from locallearn.rules.sgr import sgr_penalty
 
 
 def batch(trainer, size=32):
@@ -22,12 +23,13 @@ def state(trainer):
     return {k: v.detach().clone() for k, v in trainer.net.state_dict().items()}
 
 
-def test_probes_change_neither_weights_nor_batchnorm_statistics():
-    trainer = Trainer(tiny_config(method="sgr", modules=3))
+def test_probes_change_neither_weights_nor_batchnorm_statistics_nor_the_rules_state():
+    trainer = Trainer(tiny_config(method="sgr", modules=3, rule_options={"sgr_every": 2}))
     x, y = batch(trainer)
     before = state(trainer)
     rows = gradient_diagnostics(trainer, [(x, y)], step_size=0.1)
     assert_same_tensors(before, state(trainer))
+    assert trainer.rule.state_dict() == {"module_steps": {}}  # the probe's step is not a step of the run
     assert all(p.grad is None for p in trainer.net.parameters())
     assert [r["module"] for r in rows] == [1, 2, 3]
     assert rows[0]["sgr"] is None and rows[0]["loss_change"] is None and rows[1]["sgr"] is not None
@@ -45,14 +47,55 @@ def test_recorded_local_direction_is_the_local_gradient_and_one_module_matches_b
     assert row["cos_bp"] == pytest.approx(1.0, abs=1e-6) and row["norm_ratio"] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_sgr_diagnostic_equals_the_penalty_the_rule_logs():
-    trainer = Trainer(tiny_config(method="sgr", modules=4, lr=1e-30, rule_options={"sgr_lambda": 0.0}))
+MLP_DATA = {"shape": (6,), "classes": 3, "train": 64, "test": 32}
+
+
+@pytest.mark.parametrize("settings", [
+    dict(method="sgr", modules=4),
+    # BP-free: one penalty per pair of neighbouring units, averaged over a module's units
+    dict(method="sgr-bpfree", model="mlp", split="layer", modules=None, model_kwargs={"depth": 3, "width": 16},
+         dataset_kwargs=MLP_DATA),
+    dict(method="layerwise-bpfree", model="plainnet20", split="layer", modules=None)])
+def test_sgr_diagnostic_equals_the_penalty_the_rule_logs(settings):
+    options = {} if settings["method"] == "layerwise-bpfree" else {"sgr_lambda": 0.0}
+    trainer = Trainer(tiny_config(lr=1e-30, rule_options=options, **settings))
     x, y = batch(trainer)
     measured = sgr_penalties(trainer, x, y)
-    stats = trainer.rule.train_step(trainer.net, x, y, active=[0, 1, 2, 3])  # lr ~ 0: same parameters
+    active = list(range(len(trainer.net)))
+    stats = trainer.rule.train_step(trainer.net, x, y, active=active)  # lr ~ 0: same parameters
     assert measured[0] is None
-    for k in (1, 2, 3):
+    for k in active[1:]:
         assert measured[k] == pytest.approx(float(stats[f"sgr/{k}"]), rel=1e-5)
+
+
+def test_bpfree_diagnostic_is_the_mean_of_the_unit_penalties_by_hand():
+    """Two hidden units and the classifier, one module per layer (the last holds unit 2 and the
+    classifier): module 2's penalty is the mean of L^SGR(dL_2/dh1, g1) and L^SGR(dL_c/dh2, g2), with
+    g_j = M_j (softmax(M_j^T h_j) - y) / N the ETF gradient and dL_c/dh2 = W3^T (softmax(z) - y) / N."""
+    trainer = Trainer(tiny_config(method="sgr-bpfree", model="mlp", split="layer", modules=None,
+                                  model_kwargs={"depth": 2, "width": 8, "batchnorm": False}, dataset_kwargs=MLP_DATA))
+    x, y = batch(trainer)
+    rule, model = trainer.rule, trainer.net.model
+    (W1, b1), (W2, b2) = [(m.weight.detach(), m.bias.detach()) for m in (model.layers[0][1], model.layers[1][0])]
+    W3, b3 = model.classifier.weight.detach(), model.classifier.bias.detach()
+    onehot = F.one_hot(y, 3).float()
+
+    def etf_gradient(h, etf):
+        return ((torch.softmax(h @ etf, 1) - onehot) / len(y)) @ etf.t()
+
+    a1 = x.flatten(1) @ W1.t() + b1
+    h1 = torch.relu(a1)
+    a2 = h1 @ W2.t() + b2
+    h2 = torch.relu(a2)
+    g1, g2 = etf_gradient(h1, rule.matrices["0.0"]), etf_gradient(h2, rule.matrices["1.0"])
+    unit2 = ((g2 * (a2 > 0)) @ W2, g1)
+    classifier = (((torch.softmax(h2 @ W3.t() + b3, 1) - onehot) / len(y)) @ W3, g2)
+    expected = (float(sgr_penalty(*unit2)) + float(sgr_penalty(*classifier))) / 2
+    assert sgr_penalties(trainer, x, y) == [None, pytest.approx(expected, rel=1e-5)]
+    # over the whole module (input gradient of the classifier's loss through unit 2) it differs
+    whole_module = float(sgr_penalty(((torch.softmax(h2 @ W3.t() + b3, 1) - onehot) / len(y)) @ W3 * (a2 > 0) @ W2,
+                                     g1))
+    assert abs(whole_module - expected) > 1e-3 * expected
 
 
 def test_loss_change_is_the_change_of_the_next_loss_after_the_lower_update():

@@ -3,7 +3,10 @@
 For a saved run of any method, on a few fixed training batches, per module k:
 
 - `sgr`: the SGR penalty L_k^SGR = MSE(n(dL_k/dx_{k-1}), n(dL_{k-1}/dx_{k-1})) (SGR eq. 6, Figure 2),
-  where L_k is the local loss of module k's own prediction (`rule.logits`: its head, its ETF, ...);
+  where L_k is the local loss of module k's own prediction (`rule.logits`: its head, the classifier).
+  For the BP-free ETF rules (`layerwise-bpfree`, `sgr-bpfree`), whose every transform unit learns
+  on its own, it is what they train and log: the penalty between neighbouring units (each unit's
+  own ETF or classifier loss), averaged over the units of module k;
 - `loss_change`: Delta L_k = L_k(x_{k-1}^(t+1)) - L_k(x_{k-1}^(t)) (SGR Figure 3), the change of
   module k's local loss, with module k unchanged, caused by updating modules 1..k-1 on the same
   batch. The update is a plain SGD step of size --step-size along each module's local update
@@ -31,6 +34,7 @@ import torch.nn.functional as F
 from ..checkpointing import save_json
 from ..errors import UserError
 from ..rules.base import detached_input
+from ..rules.bpfree import LayerwiseBPFree
 from ..rules.sgr import NORMALISATIONS, REDUCTIONS, sgr_penalty
 from . import ANALYSES, Analysis, load_run
 
@@ -76,6 +80,7 @@ def local_update_directions(trainer, x, y) -> list[dict[int, torch.Tensor]]:
     net, rule = trainer.net, trainer.rule
     recorders = [_Recorder(module.trainable_parameters()) for module in net]
     optimizers = [module.optimizer for module in net]
+    rule_state = rule.state_dict()  # e.g. sgr's step count (--sgr-every): the probe is not a step of the run
     with _state_preserved(net):
         for module, recorder in zip(net, recorders):
             module.optimizer = recorder
@@ -84,6 +89,7 @@ def local_update_directions(trainer, x, y) -> list[dict[int, torch.Tensor]]:
         finally:
             for module, optimizer in zip(net, optimizers):
                 module.optimizer = optimizer
+            rule.load_state_dict(rule_state)
     return [recorder.recorded for recorder in recorders]
 
 
@@ -106,6 +112,10 @@ def _has_local_loss(rule, module) -> bool:
 
 
 def sgr_penalties(trainer, x, y, normalisation="l2", reduction="mean") -> list[float | None]:
+    """L_k^SGR per module, as the rule trains and logs it: between modules, or (BP-free rules, whose
+    every unit learns on its own) between neighbouring units, averaged over the units of module k."""
+    if isinstance(trainer.rule, LayerwiseBPFree):
+        return _unit_penalties(trainer, x, y, normalisation, reduction)
     net, rule = trainer.net, trainer.rule
     penalties: list[float | None] = [None] * len(net)
     with _state_preserved(net), torch.enable_grad():
@@ -119,6 +129,28 @@ def sgr_penalties(trainer, x, y, normalisation="l2", reduction="mean") -> list[f
             if previous is not None:
                 penalties[module.index] = float(sgr_penalty(gradient_in, previous, normalisation, reduction))
             previous, h = gradient_out, outputs.detach()
+    return penalties
+
+
+def _unit_penalties(trainer, x, y, normalisation, reduction) -> list[float | None]:
+    """The per-unit penalty of `layerwise-bpfree`/`sgr-bpfree`: unit j's input gradient of its own local
+    loss (ETF or classifier, `rule.local_error`) against unit j-1's output gradient; the first unit has none."""
+    net, rule = trainer.net, trainer.rule
+    rule._matrices_to(x.device)
+    penalties: list[float | None] = [None] * len(net)
+    with _state_preserved(net), torch.enable_grad():
+        h, previous = x, None
+        for module in net:
+            found = []
+            for unit in rule.module_units(module):
+                inputs = detached_input(h, requires_grad=True)
+                outputs = unit(inputs)
+                _, output_gradient = rule.local_error(unit, outputs, y, differentiable=False)
+                input_gradient, = torch.autograd.grad(outputs, inputs, output_gradient)
+                if previous is not None:
+                    found.append(float(sgr_penalty(input_gradient, previous, normalisation, reduction)))
+                previous, h = output_gradient, outputs.detach()
+            penalties[module.index] = statistics.fmean(found) if found else None
     return penalties
 
 

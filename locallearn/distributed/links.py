@@ -45,7 +45,7 @@ class LinkExchange:
         link: Link | None = message.pop(LINK, None)
         if link is None:
             return None, {}
-        tensors = {INPUTS: link.inputs.tensor, RNG: link.rng["cpu"]}
+        tensors = {INPUTS: link.inputs, RNG: link.rng["cpu"]}
         if "cuda" in link.rng:
             tensors[RNG_CUDA] = link.rng["cuda"]
         # cloned: module k steps (in place) while an async sender may still be sending

@@ -43,7 +43,7 @@ Two ways to hold the link (--link-recompute):
                           `linked_gradients` on the copy, send the gradients back upstream and
                           `mix` them there.
 
-Either way, what a link holds is counted by measure.ActivationMeter during the measured step.
+Either way, what a link holds is made with `measure.held`, so the activation meter counts it.
 """
 from __future__ import annotations
 
@@ -55,42 +55,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..measure import held
 from ..network import LocalModule, ModularNet
 from ..module_state import frozen_batchnorm_statistics
 from .base import LocalRule, Stats, option
 from .registry import RULES
 
 LINK = "backlink_link"  # message key: the Link of the module before
-
-
-class _Held(torch.autograd.Function):
-    """An identity on an empty anchor that saves `tensors` for backward.
-
-    A tensor a link holds until module k+1 is done (the local output error, the linked input when
-    recomputing) is not a graph's saved tensor, so measure.ActivationMeter would not see it;
-    holding it as one makes the activation accounting count it, and frees it with the handle."""
-
-    @staticmethod
-    def forward(ctx, anchor, *tensors):
-        ctx.save_for_backward(*tensors)
-        return anchor.view_as(anchor)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return (grad,) + (None,) * len(ctx.saved_tensors)
-
-
-class Held:
-    """A tensor kept alive (and counted) until the link that holds it is completed."""
-
-    def __init__(self, tensor: torch.Tensor):
-        anchor = torch.empty(0, device=tensor.device, requires_grad=True)
-        with torch.enable_grad():
-            self._handle = _Held.apply(anchor, tensor.detach())
-
-    @property
-    def tensor(self) -> torch.Tensor:
-        return self._handle.grad_fn.saved_tensors[0]
 
 
 def mix(alpha: float, local: torch.Tensor | None, remote: torch.Tensor | None) -> torch.Tensor | None:
@@ -157,9 +128,9 @@ class Link:
     layers: nn.Sequential                # the l linked layers
     params: list[nn.Parameter]           # their trainable parameters
     outputs: torch.Tensor | None         # kept graph: the linked output with its short graph
-    inputs: Held | None                  # recompute: the linked input
+    inputs: torch.Tensor | None          # recompute: the linked input
     rng: dict | None                     # recompute: random state of the linked forward (dropout)
-    local_error: Held | None             # kept graph: dL_k / dy^n (None when alpha = 0)
+    local_error: torch.Tensor | None     # kept graph: dL_k / dy^n (None when alpha = 0)
 
 
 @dataclass
@@ -282,9 +253,9 @@ class BackLink(LocalRule):
 
         link = Link(module=module, layers=linked, params=params,
                     outputs=outputs if keep_graph else None,
-                    inputs=None if keep_graph else Held(linked_inputs),
+                    inputs=None if keep_graph else held(linked_inputs.detach()),
                     rng=rng,
-                    local_error=Held(local_error) if keep_graph and alpha > 0 else None)
+                    local_error=held(local_error.detach()) if keep_graph and alpha > 0 else None)
         return outputs, link
 
     def complete_link(self, link: Link | RemoteLink, remote_error: torch.Tensor | None, stats: Stats) -> None:
@@ -299,7 +270,7 @@ class BackLink(LocalRule):
                 link.reply([None] * len(link.params))
             return
         if link.outputs is not None:  # kept graph: mix the output errors, one backward pass
-            local_error = link.local_error.tensor if link.local_error is not None else None
+            local_error = link.local_error
             if local_error is not None and remote_error is not None:
                 cosine = F.cosine_similarity(local_error.flatten(1), remote_error.flatten(1), dim=1).mean()
                 stats[f"link_cos/{link.module.index}"] = cosine.detach()
@@ -310,7 +281,7 @@ class BackLink(LocalRule):
         else:  # recompute: global weight gradients from a copy of the forward, mixed with the local ones
             remote = [None] * len(link.params)
             if remote_error is not None and alpha < 1:
-                remote = self.remote_gradients(link.layers, link.inputs.tensor, link.rng, remote_error)
+                remote = self.remote_gradients(link.layers, link.inputs, link.rng, remote_error)
             self.finish_link(link, remote)
             return
         link.outputs = link.inputs = link.local_error = None  # free the short graph now

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..etf import simplex_etf
+from ..measure import held
 from ..network import LocalModule, ModularNet
 from ..units import NONLINEARITIES, Unit, split_units
 from ..module_state import evaluation_mode, frozen_batchnorm_statistics
@@ -197,13 +198,17 @@ class LayerwiseBPFree(BPFreeRule):
         error = (torch.softmax(logits, 1) - onehot) / len(y)
         return logits.detach(), etf_features_adjoint(error @ etf.t(), out, self.etf_features)
 
+    def module_units(self, module: LocalModule) -> list[Unit]:
+        """The units module k trains, in order: its layer's units, then the classifier if it is the last."""
+        return self.units[module.index] + ([self.classifier] if module.is_last else [])
+
     def train_step(self, net: ModularNet, x: torch.Tensor, y: torch.Tensor, active: Sequence[int]) -> Stats:
         self._matrices_to(x.device)
         stats: Stats = {}
         h, previous = x, None
-        for module, units in zip(net, self.units):
+        for module in net:
             penalties = []
-            for unit in units + ([self.classifier] if module.is_last else []):
+            for unit in self.module_units(module):
                 h, previous, logits, penalty = self.unit_step(module, unit, h, y, previous)
                 if penalty is not None:
                     penalties.append(penalty)
@@ -218,6 +223,7 @@ class LayerwiseBPFree(BPFreeRule):
         inputs = detached_input(x, requires_grad=previous is not None)
         out = unit(inputs)
         logits, output_gradient = self.local_error(unit, out, y, reconcile and self.sgr_grad == "exact")
+        handed_on = held(output_gradient.detach())  # dL/dout for the next unit's penalty, counted while kept
         params = unit.parameters()
         module.optimizer.zero_grad(set_to_none=True)
         if reconcile:
@@ -229,7 +235,7 @@ class LayerwiseBPFree(BPFreeRule):
         else:
             seen: dict[str, torch.Tensor] = {}
             if previous is not None:
-                inputs.register_hook(lambda g: seen.__setitem__("inputs", g))
+                inputs.register_hook(lambda g: seen.__setitem__("inputs", held(g)))
             out.backward(output_gradient)
             penalty = sgr_penalty(seen["inputs"], previous, self.sgr_norm, self.sgr_reduction) \
                 if previous is not None else None
@@ -237,7 +243,7 @@ class LayerwiseBPFree(BPFreeRule):
         if self.reforward and unit is not self.classifier:
             with torch.no_grad(), _frozen_statistics(unit):
                 out = unit(inputs.detach())
-        return out.detach(), output_gradient.detach(), logits, None if penalty is None else penalty.detach()
+        return out.detach(), handed_on, logits, None if penalty is None else penalty.detach()
 
 
 @RULES.register("sgr-bpfree")
