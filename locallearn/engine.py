@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
+from .balance import plan_balanced_split, profile_layers
 from .checkpointing import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, HEADS_NAME, MODEL_NAME, checkpoint_path, first_line,
                             load_checkpoint, prepare_out_dir, save_json, save_text, save_torch)
 from .config import OPTIMISATION_CHANGES, RESUMABLE_CHANGES, TrainConfig, check_type
@@ -47,7 +48,7 @@ from .module_state import evaluation_mode
 from .network import ModularNet
 from .optim import make_optimizer, make_scheduler
 from .rules import RULES, Rule, rule_options
-from .split import split_layers
+from .split import BALANCED, check_module_count, ranges_from_starts, split_layers
 
 DEFAULT_LOCAL_MODULES = 4
 # what a run writes into --out; a directory holding any of them is a run that must not be overwritten
@@ -165,14 +166,18 @@ class Trainer:
         self._seed_everything(cfg.seed)  # the model's initial weights depend only on the seed
         model = create_model(cfg.model, self.data.input_shape, self.data.num_classes, **cfg.model_kwargs)
         n_modules = cfg.modules if cfg.modules is not None else (
-            1 if self.rule.single_module else (None if cfg.split != "even" else DEFAULT_LOCAL_MODULES))
+            1 if self.rule.single_module else (None if cfg.split not in ("even", BALANCED) else DEFAULT_LOCAL_MODULES))
         if self.rule.single_module and cfg.split != "even":
             raise UserError(f"method {cfg.method} trains the whole network as one module, so --split {cfg.split} "
                             "does not apply: leave --split out (method checkpoint cuts BP into modules)")
         if self.rule.single_module and n_modules != 1:
             raise UserError(f"method {cfg.method} trains the network end to end: use --modules 1 "
                             "(or method checkpoint for BP with one checkpoint per module)")
-        ranges = split_layers(len(model.layers), model.stages, cfg.split, n_modules, cfg.model)
+        self.balance: dict | None = None  # --split balanced: the cut and the profile it came from
+        if cfg.split == BALANCED:
+            ranges = self._balanced_ranges(model, n_modules, state)
+        else:
+            ranges = split_layers(len(model.layers), model.stages, cfg.split, n_modules, cfg.model)
         ranges = self.rule.arrange_modules(ranges, len(model.layers))
         make_head = None
         if self.rule.uses_aux_heads:
@@ -285,7 +290,36 @@ class Trainer:
     def _epoch_elapsed(self) -> float:
         return self._epoch_seconds + time.perf_counter() - self._epoch_started
 
+    def _balanced_ranges(self, model, n_modules: int, state: dict | None) -> list[range]:
+        """--split balanced: profile the layers and cut them by time (balance.py). A resumed run keeps
+        the cut its checkpoint recorded: profiling again could cut elsewhere."""
+        n_layers = len(model.layers)
+        check_module_count(n_layers, n_modules, self.cfg.model)
+        if state is not None:
+            self.balance = state.get("balance")
+            if not self.balance:
+                raise UserError("this --split balanced checkpoint records no cut; resume it with the --split a,b,c "
+                                "of its result.json")
+        else:
+            profile = None
+            if 1 < n_modules < n_layers:  # otherwise there is only one way to cut
+                cfg = self.cfg
+                x, y = next(iter(self.data.train_batches(cfg.batch_size, cfg.seed, "none", torch.Generator())))
+                profile = self._shared_profile(profile_layers(model, make_rule(cfg.method, cfg.rule_options), cfg,
+                                                              x, y))
+            self.balance = plan_balanced_split(profile, n_layers, self._stage_groups(n_modules))
+        return ranges_from_starts(self.balance["starts"], n_layers)
+
     # Seams a distributed trainer overrides (distributed/pipeline.py).
+    def _stage_groups(self, n_modules: int) -> list[int]:
+        """For --split balanced: how many modules each group that runs at the same time holds. One
+        process runs its modules one after another: every module is balanced on its own."""
+        return [1] * n_modules
+
+    def _shared_profile(self, profile):
+        """For --split balanced: the profile every process cuts by (a pipeline averages its ranks')."""
+        return profile
+
     def _batches(self):
         """The rest of the current epoch's batches."""
         return self.data.train_batches(self.cfg.batch_size, self._epoch_seed(), self.augment,
@@ -419,7 +453,7 @@ class Trainer:
         completed = sum(1 for row in self.history)
         return {
             "method": cfg.method, "model": cfg.model, "dataset": cfg.dataset, "modules": len(self.net),
-            "module_sizes": self.net.module_sizes(), "split": cfg.split,
+            "module_sizes": self.net.module_sizes(), "split": cfg.split, "balance": self.balance,
             "head": cfg.head if self.rule.uses_aux_heads else None,
             "epochs": round(self.position.global_step / self.steps_per_epoch / len(self.phases), 4),
             "epochs_logged": completed, "steps": self.position.global_step,
@@ -478,7 +512,7 @@ class Trainer:
             "model": self.net.model.state_dict(), "heads": self.net.heads.state_dict(),
             "optimizers": [m.optimizer.state_dict() for m in self.net],
             "schedulers": [m.scheduler.state_dict() for m in self.net],
-            "rule": self.rule.state_dict(), "history": self.history, "step_seconds": self.step_seconds,
+            "rule": self.rule.state_dict(), "balance": self.balance, "history": self.history, "step_seconds": self.step_seconds,
             "train_seconds": self.train_seconds + (elapsed if self.position.batch else 0.0),
             "measurements": self.measurements, "resumes": self.resumes,
             "epoch": {"sums": {k: float(v) for k, v in self._epoch_sums.items()}, "count": self._epoch_count,

@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..balance import LayerProfile
 from ..checkpointing import CHECKPOINT_NAME, load_checkpoint, save_json
 from ..config import TrainConfig
 from ..engine import Trainer
@@ -118,9 +119,7 @@ class PipelineTrainer(Trainer):
         if cfg.checkpoint_every and cfg.schedule == "async" and isinstance(self.rule, BackLink):
             raise UserError("--checkpoint-every cannot be used with backlink and --schedule async: the remote "
                             "gradients in flight are only settled at epoch ends; use --schedule sync")
-        if len(self.net) < layout.stages:
-            raise UserError(f"{layout.stages} pipeline stages need at least as many modules; got --modules "
-                            f"{len(self.net)}")
+        self._check_enough_modules(len(self.net))
         self.owned = stage_modules(len(self.net), layout.stages, layout.stage)
         self.forward_group = dist.new_group(list(range(world)))
         for stage in range(layout.stages):  # every rank creates every group, in the same order
@@ -150,6 +149,16 @@ class PipelineTrainer(Trainer):
         self._check_resumed_positions()
 
     # ------------------------------------------------------------------ the seams
+    def _stage_groups(self, n_modules: int) -> list[int]:
+        """--split balanced balances the stages: stage s runs the modules `stage_modules` gives it."""
+        self._check_enough_modules(n_modules)
+        return even_sizes(n_modules, self.layout.stages)
+
+    def _shared_profile(self, profile: LayerProfile) -> LayerProfile:
+        """Every rank profiled at the same time (so none waits long for another); all cut by the mean of
+        the gathered profiles, the same numbers in the same order on every rank: the same cut."""
+        return LayerProfile.mean([LayerProfile(**part) for part in self._gather(profile.to_dict())])
+
     def _steps_per_epoch(self) -> int:
         return self.data.steps_per_epoch(self.cfg.batch_size, self.layout.replicas)
 
@@ -345,7 +354,11 @@ class PipelineTrainer(Trainer):
                          "stage_send_wait_seconds": [parts[layout.rank_of(s, 0)]["waits"]["send"]
                                                      for s in range(layout.stages)],
                          "stage_modules": [list(stage_modules(len(self.net), layout.stages, s))
-                                           for s in range(layout.stages)]},
+                                           for s in range(layout.stages)],
+                         # first and last layer of every stage
+                         "stage_layers": [[self.net[m[0]].layer_range.start, self.net[m[-1]].layer_range.stop - 1]
+                                          for m in (stage_modules(len(self.net), layout.stages, s)
+                                                    for s in range(layout.stages))]},
             "config": cfg.to_dict(),
         })
         return result
@@ -370,6 +383,11 @@ class PipelineTrainer(Trainer):
         parts = [None] * self.layout.world
         dist.all_gather_object(parts, obj)
         return parts
+
+    def _check_enough_modules(self, n_modules: int) -> None:
+        if n_modules < self.layout.stages:
+            raise UserError(f"{self.layout.stages} pipeline stages need at least as many modules; got --modules "
+                            f"{n_modules}")
 
     def _check_resumed_positions(self) -> None:
         positions = self._gather((self.position.phase, self.position.global_step))
