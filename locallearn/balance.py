@@ -29,7 +29,15 @@ did, its inner layers, and the one head at its end:
 so every candidate cut is charged for the head it would add at exactly that place, and a one-layer
 module costs exactly its measured step. Not in the profile: what a rule does beyond its local loss
 across modules (SGR's double backward of inner layers, BackLink's recomputed links beyond one
-layer: a rule whose `setup` refuses one-layer modules is profiled with the plain local step).
+layer: a rule whose `setup` refuses one-layer modules is profiled with the plain local step), the
+data pipeline of the first stage, and moving activations between pipeline stages (a gloo
+send/recv of ResNet-32's largest boundary tensor costs ~3 ms of CPU on each side).
+
+The profile costs about 3 x (`repeats` + 1) training steps of the whole model, once, before
+training. A pipeline's rank 0 profiles alone and hands the profile to the other ranks
+(distributed/pipeline.py): ranks that profiled at the same time on one CPU would slow each other's
+memory-bound layers down far more than the stages of a running pipeline do, and would each get a
+different profile.
 
 **The cut** (`balanced_starts`): a pipeline runs its stages at the same time, so its throughput is
 set by the slowest stage, and the pipeline gives stage s the s-th contiguous group of modules,
@@ -80,14 +88,6 @@ class LayerProfile:
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
 
-    @classmethod
-    def mean(cls, profiles: Sequence["LayerProfile"]) -> "LayerProfile":
-        """Element-wise mean, in the given order (every pipeline rank computes the same numbers)."""
-        def average(name):
-            return [sum(values) / len(values) for values in zip(*(getattr(p, name) for p in profiles))]
-
-        return cls(average("step_seconds"), average("layer_seconds"), average("head_seconds"), profiles[0].clock)
-
 
 # ---------------------------------------------------------------------------------------- profiling
 def _clock(device: torch.device) -> tuple[str, Callable[[], float]]:
@@ -101,38 +101,76 @@ def _clock(device: torch.device) -> tuple[str, Callable[[], float]]:
     return "wall", time.perf_counter
 
 
-def profile_layers(model: nn.Module, rule, cfg, x: torch.Tensor, y: torch.Tensor,
-                   repeats: int = PROFILE_REPEATS) -> LayerProfile:
-    """Time every layer of `model` (a LayeredModel) as `rule` (a fresh LocalRule instance, used up
-    here) trains it on the batch (x, y); `cfg` gives the head and optimizer settings."""
+def check_profilable(rule, cfg, n_layers: int) -> None:
+    """A one-line UserError unless `rule` (a fresh instance) trains one-layer modules with its local step."""
     from .rules import LocalRule
 
     if not isinstance(rule, LocalRule) or type(rule).train_step is not LocalRule.train_step:
         raise UserError(f"--split balanced times the local step of methods that train module by module (dgl, sgr, "
                         f"...); method {cfg.method} has its own whole-network step: give the cut with --split a,b,c")
-    n_layers = len(model.layers)
     layer_ranges = [range(i, i + 1) for i in range(n_layers)]
     if rule.arrange_modules(list(layer_ranges), n_layers) != layer_ranges:
         raise UserError(f"method {cfg.method} arranges its own modules (e.g. --aux-layout authors), so --split "
                         "balanced cannot choose them; give the cut with --split a,b,c or use --split layer")
+
+
+def _probe_net(model: nn.Module, rule, cfg, device: torch.device) -> tuple[ModularNet, Callable]:
+    """A copy of `model` as one module per layer, each with the head a module ending there would carry
+    (the rule's, the classifier last) and its own optimizers; and the local step that trains it."""
+    from .rules import LocalRule
+
+    n_layers = len(model.layers)
+    check_profilable(rule, cfg, n_layers)
+    layer_ranges = [range(i, i + 1) for i in range(n_layers)]
+    model = copy.deepcopy(model).to(device)
+    probe = ModularNet(model, layer_ranges, lambda k, layers: rule.build_head(model, k, layers, cfg.head,
+                                                                              cfg.head_kwargs))
+    module_step = rule.module_step
+    try:
+        rule.setup(probe)
+    except UserError:  # the rule refuses one-layer modules (BackLink's links of several layers)
+        module_step = functools.partial(LocalRule.module_step, rule)
+    probe.to(device).train()
+    for module in probe:
+        module.optimizer = make_optimizer(module.trainable_parameters(), cfg)
+        module.layer_optimizer = make_optimizer([p for p in module.body.parameters() if p.requires_grad], cfg)
+        module.head_optimizer = make_optimizer([p for p in module.head.parameters() if p.requires_grad], cfg)
+    return probe, module_step
+
+
+def _inner_layer_step(module, inputs: torch.Tensor, cotangent: torch.Tensor) -> None:
+    """What an inner layer of a module does: forward, backward to its weights and input, its update."""
+    module.layer_optimizer.zero_grad(set_to_none=True)
+    module.body(inputs).backward(cotangent)
+    module.layer_optimizer.step()
+
+
+def _head_step(local_loss, module, inputs, outputs: torch.Tensor, y: torch.Tensor, message: dict) -> None:
+    """What the head at a module's end does: the rule's local loss, backward into the module's
+    output (a leaf that requires its gradient), the head's update."""
+    module.head_optimizer.zero_grad(set_to_none=True)
+    local_loss(module, inputs, outputs, y, message, {}).backward()
+    module.head_optimizer.step()
+
+
+def profile_layers(model: nn.Module, rule, cfg, x: torch.Tensor, y: torch.Tensor,
+                   repeats: int = PROFILE_REPEATS) -> LayerProfile:
+    """Time every layer of `model` (a LayeredModel) as `rule` (a fresh LocalRule instance, used up
+    here) trains it on the batch (x, y); `cfg` gives the head and optimizer settings. The model,
+    its parameters and the RNG streams are left as they were."""
     device = x.device
     clock_name, clock = _clock(device)
+
+    def timed(work: Callable[[], object]) -> tuple[float, object]:
+        started = clock()
+        result = work()
+        return clock() - started, result
+
+    n_layers = len(model.layers)
+    kept = {name: [math.inf] * n_layers for name in ("step", "layer", "head")}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
-        model = copy.deepcopy(model).to(device)
-        probe = ModularNet(model, layer_ranges,
-                           lambda k, layers: rule.build_head(model, k, layers, cfg.head, cfg.head_kwargs))
-        module_step = rule.module_step
-        try:
-            rule.setup(probe)
-        except UserError:  # the rule refuses one-layer modules (BackLink's links of several layers)
-            module_step = functools.partial(LocalRule.module_step, rule)
-        probe.to(device).train()
-        for module in probe:
-            module.optimizer = make_optimizer(module.trainable_parameters(), cfg)
-        layer_optimizers = [make_optimizer([p for p in m.body.parameters() if p.requires_grad], cfg) for m in probe]
-        head_optimizers = [make_optimizer([p for p in m.head.parameters() if p.requires_grad], cfg) for m in probe]
-
+        probe, module_step = _probe_net(model, rule, cfg, device)
         seen: dict = {}  # what the rule's step handed its local loss (InfoPro's image rides in the message)
         local_loss = rule.local_loss
 
@@ -142,35 +180,16 @@ def profile_layers(model: nn.Module, rule, cfg, x: torch.Tensor, y: torch.Tensor
 
         rule.local_loss = recording_loss
 
-        def timed(work: Callable[[], object]) -> tuple[float, object]:
-            started = clock()
-            result = work()
-            return clock() - started, result
-
-        def inner_layer(module, optimizer, inputs, cotangent):
-            optimizer.zero_grad(set_to_none=True)
-            module.body(inputs).backward(cotangent)
-            optimizer.step()
-
-        def head_alone(module, optimizer, inputs, outputs, message):
-            optimizer.zero_grad(set_to_none=True)
-            local_loss(module, inputs, outputs, y, message, {}).backward()
-            optimizer.step()
-
-        kept = {name: [math.inf] * n_layers for name in ("step", "layer", "head")}
-
-        def time_parts(i: int, inputs: torch.Tensor, outputs: torch.Tensor, loss_inputs, loss_message, keep: bool):
+        def time_parts(i: int, inputs, outputs, loss_inputs, loss_message, keep: bool) -> None:
             """Layer i as an inner layer, and its head alone. Run after the rule's step of module i + 1,
             which may still use module i's parameters (BackLink's link) and must see them unchanged."""
-            module = probe[i]
             inputs = inputs.detach().requires_grad_(i > 0)  # an inner layer passes the gradient on
             cotangent = torch.randn_like(outputs)
-            layer, _ = timed(lambda: inner_layer(module, layer_optimizers[i], inputs, cotangent))
+            layer, _ = timed(lambda: _inner_layer_step(probe[i], inputs, cotangent))
             leaf = outputs.detach().requires_grad_(True)
-            head, _ = timed(lambda: head_alone(module, head_optimizers[i], loss_inputs, leaf, loss_message))
+            head, _ = timed(lambda: _head_step(local_loss, probe[i], loss_inputs, leaf, y, loss_message))
             if keep:
-                kept["layer"][i] = min(kept["layer"][i], layer)
-                kept["head"][i] = min(kept["head"][i], head)
+                kept["layer"][i], kept["head"][i] = min(kept["layer"][i], layer), min(kept["head"][i], head)
 
         for repeat in range(repeats + 1):  # the first pass warms up allocators and caches
             h, message, pending = x, {}, None

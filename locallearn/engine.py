@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
-from .balance import plan_balanced_split, profile_layers
+from .balance import LayerProfile, check_profilable, plan_balanced_split, profile_layers
 from .checkpointing import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, HEADS_NAME, MODEL_NAME, checkpoint_path, first_line,
                             load_checkpoint, prepare_out_dir, save_json, save_text, save_torch)
 from .config import OPTIMISATION_CHANGES, RESUMABLE_CHANGES, TrainConfig, check_type
@@ -200,6 +200,7 @@ class Trainer:
         self.history: list[dict] = []
         self.step_seconds: list[float] = []
         self.train_seconds = 0.0
+        self.train_cpu_seconds = 0.0  # CPU time of this process over the same stretches (all its threads)
         self.measurements: dict = {}
         self.resumes: list[dict] = []      # when and with which changed settings the run was resumed
         self.saved_step: int | None = None  # the step of the checkpoint on disk (None: none yet)
@@ -208,6 +209,7 @@ class Trainer:
         self._epoch_count = 0
         self._epoch_seconds = 0.0   # of the current epoch, before the current (resumed) stretch of it
         self._epoch_started = time.perf_counter()
+        self._epoch_cpu_started = time.process_time()
         self._last_report = time.perf_counter()
         self._augment_generator = torch.Generator()
         if state is not None:
@@ -256,6 +258,7 @@ class Trainer:
             self._epoch_sums, self._epoch_count, self._epoch_seconds = {}, 0, 0.0
         sums = self._epoch_sums
         self._epoch_started = time.perf_counter()
+        self._epoch_cpu_started = time.process_time()
         for x, y in self._batches():
             stats = self._train_step(x, y, active, measure=cfg.measure and p.phase_step == 0)
             for key, value in stats.items():
@@ -285,6 +288,7 @@ class Trainer:
                 break
         seconds = self._epoch_elapsed()
         self.train_seconds += time.perf_counter() - self._epoch_started
+        self.train_cpu_seconds += time.process_time() - self._epoch_cpu_started
         self._end_epoch(sums, self._epoch_count, seconds)
 
     def _epoch_elapsed(self) -> float:
@@ -304,9 +308,14 @@ class Trainer:
             profile = None
             if 1 < n_modules < n_layers:  # otherwise there is only one way to cut
                 cfg = self.cfg
-                x, y = next(iter(self.data.train_batches(cfg.batch_size, cfg.seed, "none", torch.Generator())))
-                profile = self._shared_profile(profile_layers(model, make_rule(cfg.method, cfg.rule_options), cfg,
-                                                              x, y))
+                rule = make_rule(cfg.method, cfg.rule_options)  # a fresh one: profiling uses it up
+                check_profilable(rule, cfg, n_layers)
+
+                def measure():
+                    x, y = next(iter(self.data.train_batches(cfg.batch_size, cfg.seed, "none", torch.Generator())))
+                    return profile_layers(model, rule, cfg, x, y)
+
+                profile = self._layer_profile(measure)
             self.balance = plan_balanced_split(profile, n_layers, self._stage_groups(n_modules))
         return ranges_from_starts(self.balance["starts"], n_layers)
 
@@ -316,9 +325,9 @@ class Trainer:
         process runs its modules one after another: every module is balanced on its own."""
         return [1] * n_modules
 
-    def _shared_profile(self, profile):
-        """For --split balanced: the profile every process cuts by (a pipeline averages its ranks')."""
-        return profile
+    def _layer_profile(self, measure: Callable[[], LayerProfile]) -> LayerProfile:
+        """For --split balanced: the profile to cut by (a pipeline's rank 0 measures it for every rank)."""
+        return measure()
 
     def _batches(self):
         """The rest of the current epoch's batches."""
@@ -460,7 +469,7 @@ class Trainer:
             "test_top1": final["test_top1"], "test_top5": final["test_top5"], "test_loss": final["test_loss"],
             "local_top1": final.get("_local_top1", final.get("local_top1")),
             "step_seconds": statistics.median(self.step_seconds) if self.step_seconds else None,
-            "train_seconds": self.train_seconds,
+            "train_seconds": self.train_seconds, "train_cpu_seconds": self.train_cpu_seconds,
             "flops_per_step": self.measurements.get("flops_per_step"),
             "params": self.net.model_parameter_count(), "aux_params": self.net.aux_parameter_count(),
             "peak_activation_bytes": self.measurements.get("peak_activation_bytes"),
@@ -507,6 +516,7 @@ class Trainer:
             raise NonFiniteLoss(f"{bad} is NaN or infinite", self.position.global_step, self._what_is_kept())
         numpy_rng = np.random.get_state()
         elapsed = time.perf_counter() - self._epoch_started
+        elapsed_cpu = time.process_time() - self._epoch_cpu_started
         state = {
             "format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "position": asdict(self.position),
             "model": self.net.model.state_dict(), "heads": self.net.heads.state_dict(),
@@ -514,6 +524,7 @@ class Trainer:
             "schedulers": [m.scheduler.state_dict() for m in self.net],
             "rule": self.rule.state_dict(), "balance": self.balance, "history": self.history, "step_seconds": self.step_seconds,
             "train_seconds": self.train_seconds + (elapsed if self.position.batch else 0.0),
+            "train_cpu_seconds": self.train_cpu_seconds + (elapsed_cpu if self.position.batch else 0.0),
             "measurements": self.measurements, "resumes": self.resumes,
             "epoch": {"sums": {k: float(v) for k, v in self._epoch_sums.items()}, "count": self._epoch_count,
                       "seconds": self._epoch_elapsed()} if self.position.batch else None,
@@ -551,6 +562,7 @@ class Trainer:
                             f"({self.cfg.model}, {len(self.net)} modules): {first_line(error)}") from None
         self.history, self.step_seconds = state["history"], state["step_seconds"]
         self.train_seconds, self.measurements = state["train_seconds"], state["measurements"]
+        self.train_cpu_seconds = state.get("train_cpu_seconds", 0.0)
         self.resumes = list(state["resumes"])
         if state["epoch"] is not None:
             self._epoch_sums = dict(state["epoch"]["sums"])

@@ -241,3 +241,25 @@ def test_every_pipeline_rank_cuts_the_same_and_keeps_the_cut_on_resume(tmp_path)
     assert main(["train", *CNN, "--model-kwargs", *HEAVY_FIRST, "--head", "linear", "--split", balance["split"],
                  "--sched", "constant", "--epochs", "2", "--out", str(single)]) == 0
     assert_same_model(out, single)
+
+
+def test_bench_pipeline_compares_the_even_and_the_balanced_split(tmp_path, capsys):
+    from locallearn.distributed.throughput import bench_pipeline
+
+    cfg = tiny_config(max_steps=3, batch_size=16)
+    rows = bench_pipeline(cfg, [2], 2, tmp_path, splits=["even", "balanced"])
+    assert [(r["modules"], r["split"]) for r in rows] == [(2, "even"), (2, "balanced")]
+    even, balanced = rows
+    assert even["cut"] == "5" and even["stage_layers"] == [[0, 4], [5, 9]]
+    first_of_stage_1 = balanced["stage_layers"][1][0]
+    assert balanced["cut"] == str(first_of_stage_1) and balanced["predicted_stage_seconds"] is not None
+    for row in rows:
+        for total, busy, recv, send in zip(row["stage_train_seconds"], row["stage_busy_seconds"],
+                                           row["stage_recv_wait_seconds"], row["stage_send_wait_seconds"]):
+            assert busy == pytest.approx(total - recv - send) and busy > 0
+        assert all(cpu > 0 for cpu in row["stage_cpu_seconds"]) and row["one_thread_cpu_seconds"] > 0
+        assert row["cpu_bound_speedup"] == pytest.approx(row["one_thread_cpu_seconds"] / max(row["stage_cpu_seconds"]))
+    assert json.loads((tmp_path / "bench-pipeline.json").read_text())["rows"] == rows
+    printed = capsys.readouterr().out
+    assert "stage 1 (layers 5-9, modules [1])" in printed and "blocked on the stage before" in printed
+    assert f"K=2: even (cut 5) {even['speedup_vs_one_thread']:.2f}x one thread | balanced (cut {balanced['cut']})" in printed

@@ -20,8 +20,9 @@ Schedules:
 This trainer is the single-process `Trainer` with its seams overridden: which batches it sees,
 what one step does, evaluation (a pipelined pass over the test set), logging and checkpoints
 (each stage writes `OUT/stage<s>/checkpoint.pt` at every epoch end; `--resume` restarts every
-stage from there). Every wait is bounded by `--dist-timeout`, so a dead or failing rank ends the
-others with an error instead of a hang.
+stage from there). Every wait is bounded by `--dist-timeout` (the wait for rank 0's profile of
+`--split balanced`, by PROFILE_TIMEOUT_SECONDS), so a dead or failing rank ends the others with
+an error instead of a hang.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import os
 import statistics
 import time
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -51,6 +53,7 @@ from .links import LinkExchange
 
 
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+PROFILE_TIMEOUT_SECONDS = 900.0  # --split balanced: how long the other ranks wait for rank 0's profile
 
 
 class PipelineFailure(UserError):
@@ -154,10 +157,14 @@ class PipelineTrainer(Trainer):
         self._check_enough_modules(n_modules)
         return even_sizes(n_modules, self.layout.stages)
 
-    def _shared_profile(self, profile: LayerProfile) -> LayerProfile:
-        """Every rank profiled at the same time (so none waits long for another); all cut by the mean of
-        the gathered profiles, the same numbers in the same order on every rank: the same cut."""
-        return LayerProfile.mean([LayerProfile(**part) for part in self._gather(profile.to_dict())])
+    def _layer_profile(self, measure) -> LayerProfile:
+        """Rank 0 profiles alone (see balance.py) and every rank cuts by its numbers: the same cut. The
+        others wait for it on a group of their own, whose timeout leaves time for a slow profile."""
+        timeout = max(self.cfg.dist_timeout, PROFILE_TIMEOUT_SECONDS)
+        group = dist.new_group(list(range(self.layout.world)), timeout=timedelta(seconds=timeout), backend="gloo")
+        shared = [measure().to_dict() if self.layout.rank == 0 else None]
+        dist.broadcast_object_list(shared, src=0, group=group)
+        return LayerProfile(**shared[0])
 
     def _steps_per_epoch(self) -> int:
         return self.data.steps_per_epoch(self.cfg.batch_size, self.layout.replicas)
@@ -332,6 +339,7 @@ class PipelineTrainer(Trainer):
         mine = {"flops": self.measurements.get("flops_per_step") if self.layout.replica == 0 else 0,
                 "activations": self.measurements.get("peak_activation_bytes"),
                 "step": result["step_seconds"], "train": self.train_seconds, "ahead": self.max_ahead_seen,
+                "cpu": self.train_cpu_seconds,
                 "waits": self.wait_seconds,
                 "memory": result["peak_memory_bytes"]}
         parts = self._gather(mine)
@@ -349,6 +357,9 @@ class PipelineTrainer(Trainer):
                          "max_staleness": cfg.max_staleness, "max_ahead_seen": max(p["ahead"] for p in parts),
                          # per stage (replica 0): training seconds, and of those, blocked on a neighbour
                          "stage_train_seconds": [parts[layout.rank_of(s, 0)]["train"] for s in range(layout.stages)],
+                         # the CPU time of each stage's process over the same stretch (its work, whatever
+                         # else the machine runs)
+                         "stage_cpu_seconds": [parts[layout.rank_of(s, 0)]["cpu"] for s in range(layout.stages)],
                          "stage_recv_wait_seconds": [parts[layout.rank_of(s, 0)]["waits"]["recv"]
                                                      for s in range(layout.stages)],
                          "stage_send_wait_seconds": [parts[layout.rank_of(s, 0)]["waits"]["send"]

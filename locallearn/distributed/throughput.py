@@ -6,7 +6,10 @@ one thread and one process with W threads training the same modules (a balanced 
 passed to them as an explicit split). Samples per second are training samples over the training
 wall time of the slowest rank (evaluation and checkpoints excluded). Where the time goes is
 printed per stage: its training seconds = busy + blocked on the stage before (waiting for its
-input) + blocked on the stage after (a full send queue: the stage is faster than the next one).
+input) + blocked on the stage after (a full send queue: the stage is faster than the next one),
+and its CPU seconds. On a shared machine wall times move with the load; CPU times do not, so
+`cpu_bound_speedup` (one thread's CPU seconds over the busiest stage's) is the speedup the work
+allows with a free core per process.
 """
 from __future__ import annotations
 
@@ -82,10 +85,14 @@ def bench_pipeline(base: TrainConfig, modules: list[int], processes: int, out: P
                    "stage_busy_seconds": [total - recv - send for total, recv, send in
                                           zip(pipe["stage_train_seconds"], pipe["stage_recv_wait_seconds"],
                                               pipe["stage_send_wait_seconds"])],
+                   # CPU time: what each stage and the one thread computed, however loaded the machine was
+                   "stage_cpu_seconds": pipe["stage_cpu_seconds"], "one_thread_cpu_seconds": one["train_cpu_seconds"],
                    # what the profile predicted per training step of each stage (balanced only)
                    "predicted_stage_seconds": (piped["balance"] or {}).get("stage_seconds")}
             row["speedup_vs_one_thread"] = row["pipelined"] / row["one_thread"]
             row[f"speedup_vs_{processes}_threads"] = row["pipelined"] / row[f"{processes}_threads"]
+            # the speedup the work allows with a free core per process: the busiest stage sets the pace
+            row["cpu_bound_speedup"] = row["one_thread_cpu_seconds"] / max(row["stage_cpu_seconds"])
             rows.append(row)
             _print_row(row, processes)
     for k in modules:
@@ -102,11 +109,12 @@ def _print_row(row: dict, processes: int) -> None:
     print(f"K={row['modules']} split {row['split']} (cut {row['cut']}): 1 process x 1 thread "
           f"{row['one_thread']:.1f} samples/s | 1 process x {processes} threads {row[f'{processes}_threads']:.1f} | "
           f"{processes} processes x 1 thread {row['pipelined']:.1f} ({row['speedup_vs_one_thread']:.2f}x, "
-          f"{row[f'speedup_vs_{processes}_threads']:.2f}x)", flush=True)
-    for s, (total, busy, recv, send) in enumerate(zip(row["stage_train_seconds"], row["stage_busy_seconds"],
-                                                      row["stage_recv_wait_seconds"],
-                                                      row["stage_send_wait_seconds"])):
+          f"{row[f'speedup_vs_{processes}_threads']:.2f}x); by CPU time (a free core per process) "
+          f"{row['cpu_bound_speedup']:.2f}x", flush=True)
+    for s, (total, busy, recv, send, cpu) in enumerate(zip(row["stage_train_seconds"], row["stage_busy_seconds"],
+                                                           row["stage_recv_wait_seconds"],
+                                                           row["stage_send_wait_seconds"], row["stage_cpu_seconds"])):
         first, last = row["stage_layers"][s]
         print(f"  stage {s} (layers {first}-{last}, modules {row['stage_modules'][s]}): {total:.1f} s training = "
-              f"{busy:.1f} s busy + {recv:.1f} s blocked on the stage before + {send:.1f} s on a full send queue",
-              flush=True)
+              f"{busy:.1f} s busy + {recv:.1f} s blocked on the stage before + {send:.1f} s on a full send queue; "
+              f"{cpu:.1f} s CPU", flush=True)
