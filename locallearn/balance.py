@@ -282,8 +282,8 @@ def balanced_starts(n_layers: int, module_cost: Callable[[int, int], float], gro
 
 def plan_balanced_split(profile: LayerProfile | None, n_layers: int, groups: Sequence[int]) -> dict:
     """The record a run keeps of its balanced cut (checkpoint and result.json): `split` is the same
-    cut as an explicit `--split a,b,c` (None for one module); the predicted seconds per module and stage come from `profile`
-    (None when the cut is forced: one module, or one layer per module)."""
+    cut as an explicit `--split a,b,c` (None for one module); the predicted seconds per module and
+    stage come from `profile` (None when the cut is forced: one module, or one layer per module)."""
     n_modules = sum(groups)
     if profile is None:
         starts = list(range(n_layers)) if n_modules == n_layers else [0]

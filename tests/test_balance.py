@@ -262,4 +262,5 @@ def test_bench_pipeline_compares_the_even_and_the_balanced_split(tmp_path, capsy
     assert json.loads((tmp_path / "bench-pipeline.json").read_text())["rows"] == rows
     printed = capsys.readouterr().out
     assert "stage 1 (layers 5-9, modules [1])" in printed and "blocked on the stage before" in printed
-    assert f"K=2: even (cut 5) {even['speedup_vs_one_thread']:.2f}x one thread | balanced (cut {balanced['cut']})" in printed
+    speedup = even["speedup_vs_one_thread"]
+    assert f"K=2: even (cut 5) {speedup:.2f}x one thread | balanced (cut {balanced['cut']})" in printed
