@@ -1,7 +1,6 @@
 """The GPU path on the CPU: mixed precision, channels-last and torch.compile change how the
 arithmetic runs, not what a method computes."""
 import math
-import warnings
 
 import pytest
 import torch
