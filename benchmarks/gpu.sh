@@ -5,20 +5,23 @@
 # one H100/H200: each bench trains every configuration a few steps (peak memory, FLOPs, activation
 # bytes) and times them interleaved in one process (bench's timing rounds). Prints one table per
 # bench and writes OUT/summary.md with all of them.
-# Usage: benchmarks/gpu.sh [OUT_DIR]
+# Usage: benchmarks/gpu.sh [OUT_DIR]   (DEVICE=cpu MODELS=resnet20 KS=2,4 for a smoke run without a GPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/bench-gpu}
 ll=${LOCALLEARN:-.venv/bin/locallearn}
 py=${PYTHON:-.venv/bin/python}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || { echo "no GPU" >&2; exit 2; }
-data=(--dataset synthetic --dataset-kwargs shape=3x32x32 train=2048 test=256 --batch-size 128 --device cuda
+device=${DEVICE:-cuda}
+if [ "$device" = cuda ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || { echo "no GPU" >&2; exit 2; }
+fi
+data=(--dataset synthetic --dataset-kwargs shape=3x32x32 train=2048 test=256 --batch-size 128 --device "$device"
       --no-progress --epochs 1 --max-steps 3 --timing-rounds 5 --timing-steps 3 --seeds 0)
 methods=bp,checkpoint,dgl,sgr,auglocal,backlink,fwdgrad:fwd-mode=jvp:projection-granularity=block
-for model in resnet32 resnet110; do
+for model in ${MODELS:-resnet32 resnet110}; do
   for amp in none bf16; do
     flags=(); [ "$amp" = bf16 ] && flags=(--amp bf16)
-    $ll bench "${data[@]}" "${flags[@]}" --model $model --modules 4,16 --head linear --methods "$methods" \
+    $ll bench "${data[@]}" "${flags[@]}" --model $model --modules ${KS:-4,16} --head linear --methods "$methods" \
       --out "$out/$model-$amp"
   done
 done
@@ -32,9 +35,11 @@ for path in sorted(out.glob("*/bench.json")):
               "|---|---|---|---|---|---|---|"]
     bp = rows[0]
     for r in rows:
-        peak = r["peak_memory_bytes"]
+        peak, bp_peak = r["peak_memory_bytes"], bp["peak_memory_bytes"]  # None off CUDA
+        mib = "-" if peak is None else f"{peak / 2**20:.0f}"
+        ratio = "-" if peak is None else f"{peak / bp_peak:.2f}"
         lines.append(f"| {r['method']} | {r['modules']} | {1000 * r['step_seconds']:.1f} | {r['time_ratio']:.2f} | "
-                     f"{peak / 2**20:.0f} | {peak / bp['peak_memory_bytes']:.2f} | {r['peak_activation_bytes'] / 2**20:.0f} |")
+                     f"{mib} | {ratio} | {r['peak_activation_bytes'] / 2**20:.0f} |")
     lines.append("")
 (out / "summary.md").write_text("\n".join(lines))
 print("\n".join(lines))
