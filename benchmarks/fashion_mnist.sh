@@ -4,6 +4,7 @@
 # Usage: [SCALE=cpu|paper] benchmarks/fashion_mnist.sh fwdgrad|leaderboard|bpfree|sgr-every [OUT_DIR]
 #
 # Needs the idx files: apt-get install dataset-fashion-mnist (or --data-dir; README, Data).
+# THREADS (default 2; 1 when two benchmarks share the 2 cores).
 # SCALE=cpu (default) fits a 2-core CPU: narrower networks, a training subset of TRAIN samples
 # (default 4000, seeded, every class), few epochs, 2 seeds. SCALE=paper runs the same grid
 # unchanged but for the scale: full width, all 60000 training images, the paper's epochs and batch
@@ -17,7 +18,7 @@ out=${2:-runs/bench-fashion-mnist-$what-$scale}
 ll=${LOCALLEARN:-.venv/bin/locallearn}
 case $scale in
   cpu)   data=(--dataset fashion-mnist --dataset-kwargs "train=${TRAIN:-4000}")
-         run=(--seeds 0,1 --threads 2 --no-progress --val-split 0.1)
+         run=(--seeds 0,1 --threads "${THREADS:-2}" --no-progress --val-split 0.1)
          resnet18=(--model-kwargs stem=cifar width=8); resnet18_plain=(--model-kwargs stem=cifar width=8 plain=true)
          resnet20=(--model resnet20); epochs_fwd=3; epochs_board=4; batch=128 ;;
   paper) data=(--dataset fashion-mnist)
