@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .checkpointing import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, HEADS_NAME, MODEL_NAME, checkpoint_path, first_line,
                             load_checkpoint, prepare_out_dir, save_json, save_text, save_torch)
-from .config import OPTIMISATION_CHANGES, RESUMABLE_CHANGES, TrainConfig, check_type
+from .config import OPTIMISATION_CHANGES, RESUMABLE_CHANGES, TrainConfig
 from .data import AUGMENT_CHOICES, load_dataset
 from .errors import Interrupted, NonFiniteLoss, UserError
 from .heads import HEADS
@@ -46,7 +46,8 @@ from .models import create_model
 from .module_state import evaluation_mode
 from .network import ModularNet
 from .optim import make_optimizer, make_scheduler
-from .rules import RULES, Rule, rule_options
+from .rules import Rule
+from .rules import make_rule as compose_rule
 from .speed import autocast, channels_last, compile_layers, eager, grad_scaler
 from .split import split_layers
 from .tensorboard_log import TensorBoardLog
@@ -70,24 +71,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_rule(method: str, options: dict) -> Rule:
-    rule_class = RULES.get(method)
-    accepted = {f.name: f for f in rule_options(rule_class)}
-    foreign = sorted(set(options) - set(accepted))
-    if foreign:
-        flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
-        raise UserError(f"{flags} does not apply to method {method}"
-                        + (f" (its options: {', '.join('--' + a.replace('_', '-') for a in sorted(accepted))})"
-                           if accepted else ""))
-    for name, value in options.items():  # the CLI types its flags; a config file or the Python API may not
-        field = accepted[name]
-        check_type(f"--{name.replace('_', '-')}", value, field.type)
-        choices = field.metadata.get("choices")
-        if choices and value not in choices:
-            raise UserError(f"unknown --{name.replace('_', '-')} {value!r}; choose one of: {', '.join(map(str, choices))}")
-    try:
-        return rule_class(**options)
-    except (TypeError, ValueError) as error:
-        raise UserError(f"bad option for method {method}: {error}") from None
+    """The rule of `method` with `options` (its parts swapped and options checked: rules/compose.py)."""
+    return compose_rule(method, options)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -229,7 +214,8 @@ class Trainer:
             self.net.to(memory_format=torch.channels_last)
         if cfg.amp == "fp16" and not self.rule.scales_losses:
             raise UserError(f"--amp fp16 needs a gradient scaler in every backward of method {cfg.method}, which it "
-                            "does not have yet; use --amp bf16 (float32's range, no scaler needed)")
+                            f"does not have yet ({self.rule.fp16_reason}); use --amp bf16 (float32's range, no "
+                            "scaler needed)")
         for module in self.net:
             module.scaler = grad_scaler(self.device, cfg.amp)
         if cfg.compile:
