@@ -49,17 +49,12 @@ case $what in
       --no-progress --epochs 1 --model resnet18 --model-kwargs stem=cifar --modules 8 --head fg-cnn --max-steps 3 \
       --methods bp,dgl,fwdgrad:fwd-mode=jvp:projection-granularity=block,fwdgrad:fwd-mode=jvp:projection-granularity=block:jvp-schedule=per-block,fwdgrad:fwd-mode=emulate:projection-granularity=block,fwdgrad:fwd-mode=emulate \
       --target global --guess local --space weight --out "$out/resnet18" ;;
-  pipeline)  # issue 7: dgl throughput, async pipeline of 2 processes x 1 thread vs 1 process x 1 and 2 threads
+  pipeline)  # issues 7 and 16: dgl throughput, async pipeline of 2 processes x 1 thread vs 1 process x 1 and 2 threads,
+    # the even split against --split balanced (cut by a profile of the step), each K's two splits back to back
     for head in conv linear; do
       $ll bench-pipeline --methods dgl --model resnet32 --dataset synthetic --dataset-kwargs shape=3x32x32 train=5120 \
-        test=128 --batch-size 128 --modules 2,4 --processes 2 --max-steps 40 --head $head --no-progress --out "$out/$head"
-    done
-    # the even split leaves stage 1 idle ~24 % (layers at 32x32 cost more time per FLOP): cut at layer 7 instead of 8
-    for spec in "2 7" "4 4,7,11"; do
-      set -- $spec
-      $ll bench-pipeline --methods dgl --model resnet32 --dataset synthetic --dataset-kwargs shape=3x32x32 train=5120 \
-        test=128 --batch-size 128 --modules $1 --split $2 --processes 2 --max-steps 40 --head linear --no-progress \
-        --out "$out/linear-split$1"
+        test=128 --batch-size 128 --modules 2,4 --splits even balanced --processes 2 --max-steps 40 --head $head \
+        --no-progress --out "$out/$head"
     done ;;
   backlink-recompute)  # issue 5: the kept graph against --link-recompute at many modules
     for spec in "resnet32 8 8" "resnet110 16 4"; do

@@ -130,7 +130,7 @@ def plan_runs(base: TrainConfig, methods: list[str], modules: list[int], seeds: 
         variant = replace(base, **settings)
         if rule_class.single_module:  # bp: the whole network as one module, whatever the split
             ks, variant = [1], replace(variant, split="even")
-        elif variant.split != "even":
+        elif variant.split not in ("even", "balanced"):  # these two cut into the K given by --modules
             ks = [None]
         else:
             too_many = [k for k in modules if k > n_layers or k < 1]

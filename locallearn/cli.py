@@ -43,24 +43,20 @@ def parse_kwargs(items: list[str] | None, flag: str) -> dict:
     return result
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
+def _list_of(kind: type, name: str):
+    """An argparse type: comma-separated values of `kind` (`name` says what they are)."""
+    def parse(text: str) -> list:
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {name}s, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected at least one {name}")
+        return values
+    return parse
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
+_int_list, _float_list = _list_of(int, "integer"), _list_of(float, "number")
 
 
 def _option_type(annotation) -> type:
@@ -132,7 +128,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool, defaults: di
         what.add_argument("--method", help=f"learning rule (default: {d.method}): a preset of an objective, a coupling "
                                            f"and an estimator, whose objective and coupling --objective and "
                                            f"--coupling swap; one of: {', '.join(RULES.names())}")
-        what.add_argument("--modules", type=int, help="number of modules K for --split even "
+        what.add_argument("--modules", type=int, help="number of modules K for --split even or balanced "
                                                       "(default: 1 for bp, else 4)")
         what.add_argument("--seed", type=int, help=f"random seed of weights, data order and augmentation "
                                                    f"(default: {d.seed})")
@@ -141,7 +137,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool, defaults: di
                       help="extra model arguments, e.g. width=32 (resnets), widths=(16,32,64) (cnn1d), "
                            "stem=cifar (resnet18-101); a wrong name lists the model's arguments")
     what.add_argument("--split", help=f"how to cut the model into modules (default: {d.split}); one of: "
-                                      f"{', '.join(SPLIT_CHOICES)}")
+                                      f"{', '.join(SPLIT_CHOICES)}. balanced: K modules (with --pipeline: stages) "
+                                      "of equal time, cut by a profile of the training step taken before "
+                                      "training; result.json records the cut as a,b,c")
     what.add_argument("--head", help=f"auxiliary head of every module but the last (default: {d.head}); one of: "
                                      f"{', '.join(HEADS.names())}")
     what.add_argument("--head-kwargs", nargs="*", metavar="KEY=VALUE", help="extra head arguments, e.g. width=128")
@@ -339,14 +337,17 @@ def cmd_bench(ns: argparse.Namespace, rule_option_names: list[str]) -> int:
 def cmd_bench_pipeline(ns: argparse.Namespace, rule_option_names: list[str]) -> int:
     from .distributed.throughput import bench_pipeline
 
-    base, _ = config_from_args(ns, rule_option_names, modules=None)
+    base, given = config_from_args(ns, rule_option_names, modules=None)
     methods = [m.strip() for m in ns.methods.split(",") if m.strip()]
+    if ns.splits and "split" in given:
+        raise UserError("give the splits to compare with --splits only (--split is one of them)")
     if len(methods) != 1:
         raise UserError("bench-pipeline measures one method at a time: give one --methods name")
     if ns.processes < 2:
         raise UserError(f"--processes must be at least 2, got {ns.processes}")
     out = Path(ns.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-bench-pipeline")
-    bench_pipeline(replace(base, method=methods[0]), ns.modules or [2, 4], ns.processes, out)
+    splits = ns.splits or ([base.split] if "split" in given else ["even", "balanced"])
+    bench_pipeline(replace(base, method=methods[0]), ns.modules or [2, 4], ns.processes, out, splits)
     return 0
 
 
@@ -424,9 +425,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
                                                        "and with W threads",
                                 description="Samples per second of pipelined training (W processes x 1 thread, "
                                             "async schedule, launched with torchrun) against one process with 1 "
-                                            "thread and with W threads, for each K; writes bench-pipeline.json.")
+                                            "thread and with W threads, for each K and split (even and balanced by "
+                                            "default), with each stage's busy and blocked seconds; writes "
+                                            "bench-pipeline.json.")
     add_run_arguments(throughput, bench=True)
     throughput.add_argument("--processes", type=int, default=2, help="pipeline processes W (default: 2)")
+    throughput.add_argument("--splits", nargs="+", metavar="SPLIT",
+                            help="the splits to compare, each K with each split back to back, e.g. --splits even "
+                                 "balanced 7 (default: even balanced; or the one --split)")
     throughput.set_defaults(methods="dgl")
     sub.add_parser("list", help="list methods, models, heads and datasets")
     from .analyze import ANALYSES

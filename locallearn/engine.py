@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
+from .balance import LayerProfile, check_profilable, plan_balanced_split, profile_layers
 from .checkpointing import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, HEADS_NAME, MODEL_NAME, checkpoint_path, first_line,
                             load_checkpoint, prepare_out_dir, save_json, save_text, save_torch)
 from .config import OPTIMISATION_CHANGES, RESUMABLE_CHANGES, TrainConfig
@@ -49,7 +50,7 @@ from .optim import make_optimizer, make_scheduler
 from .rules import Rule
 from .rules import make_rule as compose_rule
 from .speed import autocast, channels_last, compile_layers, eager, grad_scaler
-from .split import split_layers
+from .split import BALANCED, check_module_count, ranges_from_starts, split_layers
 from .tensorboard_log import TensorBoardLog
 
 DEFAULT_LOCAL_MODULES = 4
@@ -195,14 +196,18 @@ class Trainer:
             raise UserError(f"the model is built for inputs {tuple(model.input_shape)} and {model.num_classes} classes, "
                             f"the data has {tuple(self.data.input_shape)} and {self.data.num_classes}")
         n_modules = cfg.modules if cfg.modules is not None else (
-            1 if self.rule.single_module else (None if cfg.split != "even" else DEFAULT_LOCAL_MODULES))
+            1 if self.rule.single_module else (None if cfg.split not in ("even", BALANCED) else DEFAULT_LOCAL_MODULES))
         if self.rule.single_module and cfg.split != "even":
             raise UserError(f"method {cfg.method} trains the whole network as one module, so --split {cfg.split} "
                             "does not apply: leave --split out (method checkpoint cuts BP into modules)")
         if self.rule.single_module and n_modules != 1:
             raise UserError(f"method {cfg.method} trains the network end to end: use --modules 1 "
                             "(or method checkpoint for BP with one checkpoint per module)")
-        ranges = split_layers(len(model.layers), model.stages, cfg.split, n_modules, cfg.model)
+        self.balance: dict | None = None  # --split balanced: the cut and the profile it came from
+        if cfg.split == BALANCED:
+            ranges = self._balanced_ranges(model, n_modules, state)
+        else:
+            ranges = split_layers(len(model.layers), model.stages, cfg.split, n_modules, cfg.model)
         ranges = self.rule.arrange_modules(ranges, len(model.layers))
         make_head = None
         if self.rule.uses_aux_heads:
@@ -235,6 +240,7 @@ class Trainer:
         self.history: list[dict] = []
         self.step_seconds: list[float] = []
         self.train_seconds = 0.0
+        self.train_cpu_seconds = 0.0  # CPU time of this process over the same stretches (all its threads)
         self.measurements: dict = {}
         self.resumes: list[dict] = []      # when and with which changed settings the run was resumed
         self.saved_step: int | None = None  # the step of the checkpoint on disk (None: none yet)
@@ -244,6 +250,7 @@ class Trainer:
         self._epoch_count = 0
         self._epoch_seconds = 0.0   # of the current epoch, before the current (resumed) stretch of it
         self._epoch_started = time.perf_counter()
+        self._epoch_cpu_started = time.process_time()
         self._last_report = time.perf_counter()
         self._augment_generator = torch.Generator()
         if state is not None:
@@ -295,6 +302,7 @@ class Trainer:
             self._epoch_sums, self._epoch_reported, self._epoch_count, self._epoch_seconds = {}, {}, 0, 0.0
         sums, reported = self._epoch_sums, self._epoch_reported  # reported: steps that gave each statistic
         self._epoch_started = time.perf_counter()
+        self._epoch_cpu_started = time.process_time()
         for x, y in self._batches():
             stats = self._train_step(x, y, active, measure=cfg.measure and p.phase_step == 0)
             for key, value in stats.items():
@@ -325,6 +333,7 @@ class Trainer:
                 break
         seconds = self._epoch_elapsed()
         self.train_seconds += time.perf_counter() - self._epoch_started
+        self.train_cpu_seconds += time.process_time() - self._epoch_cpu_started
         # _end_epoch divides by the step count: a statistic reported on fewer steps is the mean over those
         count = self._epoch_count
         self._end_epoch({key: total * (count / reported[key]) for key, total in sums.items()}, count, seconds)
@@ -332,7 +341,41 @@ class Trainer:
     def _epoch_elapsed(self) -> float:
         return self._epoch_seconds + time.perf_counter() - self._epoch_started
 
+    def _balanced_ranges(self, model, n_modules: int, state: dict | None) -> list[range]:
+        """--split balanced: profile the layers and cut them by time (balance.py). A resumed run keeps
+        the cut its checkpoint recorded: profiling again could cut elsewhere."""
+        n_layers = len(model.layers)
+        check_module_count(n_layers, n_modules, self.cfg.model)
+        if state is not None:
+            self.balance = state.get("balance")
+            if not self.balance:
+                raise UserError("this --split balanced checkpoint records no cut; resume it with the --split a,b,c "
+                                "of its result.json")
+        else:
+            profile = None
+            if 1 < n_modules < n_layers:  # otherwise there is only one way to cut
+                cfg = self.cfg
+                rule = make_rule(cfg.method, cfg.rule_options)  # a fresh one: profiling uses it up
+                check_profilable(rule, cfg, n_layers)
+
+                def measure():
+                    x, y = next(iter(self.data.train_batches(cfg.batch_size, cfg.seed, "none", torch.Generator())))
+                    return profile_layers(model, rule, cfg, x, y)
+
+                profile = self._layer_profile(measure)
+            self.balance = plan_balanced_split(profile, n_layers, self._stage_groups(n_modules))
+        return ranges_from_starts(self.balance["starts"], n_layers)
+
     # Seams a distributed trainer overrides (distributed/pipeline.py).
+    def _stage_groups(self, n_modules: int) -> list[int]:
+        """For --split balanced: how many modules each group that runs at the same time holds. One
+        process runs its modules one after another: every module is balanced on its own."""
+        return [1] * n_modules
+
+    def _layer_profile(self, measure: Callable[[], LayerProfile]) -> LayerProfile:
+        """For --split balanced: the profile to cut by (a pipeline's rank 0 measures it for every rank)."""
+        return measure()
+
     def _batches(self):
         """The rest of the current epoch's batches."""
         return self.data.train_batches(self.cfg.batch_size, self._epoch_seed(), self.augment,
@@ -485,7 +528,7 @@ class Trainer:
         completed = sum(1 for row in self.history)
         return {
             "method": cfg.method, "model": cfg.model, "dataset": cfg.dataset, "modules": len(self.net),
-            "module_sizes": self.net.module_sizes(), "split": cfg.split,
+            "module_sizes": self.net.module_sizes(), "split": cfg.split, "balance": self.balance,
             "head": cfg.head if self.rule.uses_aux_heads else None,
             "epochs": round(self.position.global_step / self.steps_per_epoch / len(self.phases), 4),
             "epochs_logged": completed, "steps": self.position.global_step,
@@ -493,7 +536,7 @@ class Trainer:
             "local_top1": final.get("_local_top1", final.get("test_local_top1")),
             "val_split": cfg.val_split, "val_top1": final.get("val_top1"), "val_loss": final.get("val_loss"),
             "step_seconds": statistics.median(self.step_seconds) if self.step_seconds else None,
-            "train_seconds": self.train_seconds,
+            "train_seconds": self.train_seconds, "train_cpu_seconds": self.train_cpu_seconds,
             "flops_per_step": self.measurements.get("flops_per_step"),
             "params": self.net.model_parameter_count(), "aux_params": self.net.aux_parameter_count(),
             "peak_activation_bytes": self.measurements.get("peak_activation_bytes"),
@@ -542,14 +585,17 @@ class Trainer:
             raise NonFiniteLoss(f"{bad} is NaN or infinite", self.position.global_step, self._what_is_kept())
         numpy_rng = np.random.get_state()
         elapsed = time.perf_counter() - self._epoch_started
+        elapsed_cpu = time.process_time() - self._epoch_cpu_started
         state = {
             "format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "position": asdict(self.position),
             "model": self.net.model.state_dict(), "heads": self.net.heads.state_dict(),
             "optimizers": [m.optimizer.state_dict() for m in self.net],
             "schedulers": [m.scheduler.state_dict() for m in self.net],
             "scalers": [m.scaler.state_dict() if m.scaler is not None else None for m in self.net],
-            "rule": self.rule.state_dict(), "history": self.history, "step_seconds": self.step_seconds,
+            "rule": self.rule.state_dict(), "balance": self.balance, "history": self.history,
+            "step_seconds": self.step_seconds,
             "train_seconds": self.train_seconds + (elapsed if self.position.batch else 0.0),
+            "train_cpu_seconds": self.train_cpu_seconds + (elapsed_cpu if self.position.batch else 0.0),
             "measurements": self.measurements, "resumes": self.resumes,
             "epoch": {"sums": {k: float(v) for k, v in self._epoch_sums.items()}, "reported": self._epoch_reported,
                       "count": self._epoch_count, "seconds": self._epoch_elapsed()} if self.position.batch else None,
@@ -590,6 +636,7 @@ class Trainer:
                             f"({self.cfg.model}, {len(self.net)} modules): {first_line(error)}") from None
         self.history, self.step_seconds = state["history"], state["step_seconds"]
         self.train_seconds, self.measurements = state["train_seconds"], state["measurements"]
+        self.train_cpu_seconds = state.get("train_cpu_seconds", 0.0)
         self.resumes = list(state["resumes"])
         if state["epoch"] is not None:
             self._epoch_sums, self._epoch_reported = dict(state["epoch"]["sums"]), dict(state["epoch"]["reported"])

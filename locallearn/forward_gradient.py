@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from .module_state import frozen_batchnorm_statistics
+from .module_state import as_float32, frozen_batchnorm_statistics, full_precision
 
 # the authors' constant (trainer/estimators.py): it only guards 0/0 for an all-zero guess
 EPS = 1e-16
@@ -67,8 +67,8 @@ def loss_tangent(downstream: nn.Module, h: torch.Tensor, tangent: torch.Tensor, 
 
     reduction='mean': <dL/dh, tangent> for the batch loss L; 'none': the tangent of every
     per-sample loss. Runs without an autograd graph and leaves BN running statistics untouched."""
-    with torch.no_grad(), fwAD.dual_level(), frozen_batchnorm_statistics(downstream):
-        logits = downstream(fwAD.make_dual(h.detach(), tangent))
+    with torch.no_grad(), fwAD.dual_level(), frozen_batchnorm_statistics(downstream), full_precision(h):
+        logits = downstream(fwAD.make_dual(as_float32(h.detach()), as_float32(tangent)))
         return _tangent(F.cross_entropy(logits, y, reduction=reduction))
 
 
@@ -77,10 +77,10 @@ def weight_loss_tangent(body: nn.Module, inputs: torch.Tensor, tangents: dict[st
     """<dL/dtheta, u> for the batch loss L = CE(downstream(body(inputs; theta)), y): the block is
     re-run with dual parameters theta + t u (`tangents` maps parameter names of `body` to u) and
     the tangent flows through `downstream` to the loss, in forward mode only."""
-    with torch.no_grad(), fwAD.dual_level(), frozen_batchnorm_statistics(body, downstream):
+    with torch.no_grad(), fwAD.dual_level(), frozen_batchnorm_statistics(body, downstream), full_precision(inputs):
         parameters = dict(body.named_parameters())
-        duals = {name: fwAD.make_dual(parameters[name].detach(), u) for name, u in tangents.items()}
-        logits = downstream(functional_call(body, duals, (inputs.detach(),)))
+        duals = {name: fwAD.make_dual(parameters[name].detach(), as_float32(u)) for name, u in tangents.items()}
+        logits = downstream(functional_call(body, duals, (as_float32(inputs.detach()),)))
         return _tangent(F.cross_entropy(logits, y))
 
 
@@ -91,12 +91,12 @@ def layer_loss_tangent(body: nn.Module, inputs: torch.Tensor, layer: nn.Module, 
     layer's output (a forward hook makes it dual), then flows through the rest of the block and
     `downstream`."""
     def inject(module, args, output):
-        return fwAD.make_dual(output, tangent)
+        return fwAD.make_dual(output, as_float32(tangent))
 
-    with torch.no_grad(), fwAD.dual_level(), frozen_batchnorm_statistics(body, downstream):
+    with torch.no_grad(), fwAD.dual_level(), frozen_batchnorm_statistics(body, downstream), full_precision(inputs):
         handle = layer.register_forward_hook(inject)
         try:
-            logits = downstream(body(inputs.detach()))
+            logits = downstream(body(as_float32(inputs.detach())))
         finally:
             handle.remove()
         return _tangent(F.cross_entropy(logits, y, reduction=reduction))

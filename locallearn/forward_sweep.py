@@ -20,7 +20,9 @@ instead of K(K-1)/2 block JVPs that each recompute their primal. The carried tan
 price: one block-output-sized tensor per direction of every block below, alive until the end of
 the sweep.
 Everything runs under `torch.no_grad()` with BatchNorm statistics frozen (batch statistics, no
-running-statistics update), so no graph is built and no activation is saved.
+running-statistics update), so no graph is built and no activation is saved. Under --amp the sweep
+runs in float32 (`_full_precision`): autocast casts the weights but not the batched inputs that
+`vmap` carries, so the two would not match.
 """
 from __future__ import annotations
 
@@ -30,13 +32,14 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call, jvp, vmap
 
-from .module_state import frozen_batchnorm_statistics
+from .module_state import as_float32, frozen_batchnorm_statistics, full_precision
 
 
 def carry(fn: Callable[[torch.Tensor], torch.Tensor], primal: torch.Tensor, tangents: torch.Tensor,
           *modules: nn.Module) -> torch.Tensor:
     """fn's JVP at `primal` along every tangent in `tangents` (stacked on dim 0), in one vmapped call."""
-    with torch.no_grad(), frozen_batchnorm_statistics(*modules):
+    with torch.no_grad(), frozen_batchnorm_statistics(*modules), full_precision(primal):
+        primal, tangents = as_float32(primal), as_float32(tangents)
         return vmap(lambda t: jvp(fn, (primal,), (t,))[1])(tangents)
 
 
@@ -51,8 +54,9 @@ def layer_directions(body: nn.Module, inputs: torch.Tensor, layer: nn.Module, ta
         finally:
             handle.remove()
 
-    zero = torch.zeros_like(tangents[0])
-    with torch.no_grad(), frozen_batchnorm_statistics(body):
+    with torch.no_grad(), frozen_batchnorm_statistics(body), full_precision(inputs):
+        inputs, tangents = as_float32(inputs), as_float32(tangents)
+        zero = torch.zeros_like(tangents[0])
         return vmap(lambda t: jvp(run, (zero,), (t,))[1])(tangents)
 
 
@@ -76,15 +80,16 @@ class TangentSweep:
         a zero input tangent, and the carried slots, which get the same term, have it subtracted
         (a JVP is linear in the tangents)."""
         params = {name: p.detach() for name, p in body.named_parameters() if name in tangents}
-        shared = {name: tangents[name] for name in params}
+        shared = {name: as_float32(tangents[name]) for name in params}
+        inputs = as_float32(inputs.detach())
         zero = torch.zeros_like(inputs).unsqueeze(0)
         slots = zero if self.tangents is None else torch.cat([self.tangents, zero])
 
         def run(x, p):
             return functional_call(body, p, (x,))
 
-        with torch.no_grad(), frozen_batchnorm_statistics(body):
-            found = vmap(lambda t: jvp(run, (inputs.detach(), params), (t, shared))[1])(slots)
+        with torch.no_grad(), frozen_batchnorm_statistics(body), full_precision(inputs):
+            found = vmap(lambda t: jvp(run, (inputs, params), (t, shared))[1])(slots)
         new = found[-1:]
         self.tangents = None if len(found) == 1 else found[:-1] - new
         return self.add(new)

@@ -5,11 +5,15 @@
 - `frozen_batchnorm_statistics`: layers run a second time on the same batch (a checkpoint's
   recomputation, a BackLink link, reforward, a JVP re-run) normalise with the batch statistics as
   in training, but do not count the batch into their running statistics again.
+- `full_precision`: no autocast (--amp) inside forward-mode derivatives: autocast casts weights
+  but not the dual or vmap-batched inputs, which would then not match; inputs go to float32 with
+  `as_float32`.
 """
 from __future__ import annotations
 
 import contextlib
 
+import torch
 import torch.nn as nn
 
 
@@ -22,6 +26,14 @@ def evaluation_mode(module: nn.Module):
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+def full_precision(like: torch.Tensor):
+    return torch.autocast(like.device.type, enabled=False)
+
+
+def as_float32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.is_floating_point() and t.dtype != torch.float64 else t
 
 
 @contextlib.contextmanager

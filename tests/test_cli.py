@@ -127,7 +127,8 @@ def test_a_killed_run_resumes_to_the_same_parameters(tmp_path):
     assert a["test_top1"] == b["test_top1"] and a["steps"] == b["steps"] == 12
 
 
-def test_ctrl_c_saves_and_says_how_to_resume(tmp_path):
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_and_sigterm_save_and_say_how_to_resume(tmp_path, signum, code):
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(_python_cli("train", *TINY, "--epochs", "200", "--out", str(out)), env=env,
@@ -135,9 +136,9 @@ def test_ctrl_c_saves_and_says_how_to_resume(tmp_path):
     deadline = time.time() + 60
     while not (out / "log.csv").exists() and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == code  # the shell's 128 + signal number
     assert "interrupted after step" in err and f"--resume --out {out}" in err and "Traceback" not in err
     assert load_torch(out / CHECKPOINT_NAME)["position"]["global_step"] >= 4
 

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
 import torch.nn.functional as F
 

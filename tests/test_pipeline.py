@@ -133,7 +133,7 @@ def test_async_schedule_trains_and_respects_its_staleness_bound(tmp_path):
     out = tmp_path / "async"
     # the second stage is slow (much slower than a step, even on a loaded machine), so the first one
     # runs ahead as far as the bound allows
-    slow = 0.2
+    slow = 0.5
     run_ok([*TINY, "--method", "dgl", "--modules", "2", "--epochs", "3", "--max-staleness", "2", "--out", str(out)],
            world=2, TEST_SLOW_RANK=1, TEST_SLOW_SECONDS=slow)
     result = json.loads((out / "result.json").read_text())

@@ -1,7 +1,6 @@
 """The GPU path on the CPU: mixed precision, channels-last and torch.compile change how the
 arithmetic runs, not what a method computes."""
 import math
-import warnings
 
 import pytest
 import torch
@@ -68,3 +67,10 @@ def test_channels_last_keeps_the_updates():
     assert nhwc.net.model.layers[0][0].weight.is_contiguous(memory_format=torch.channels_last)
     for key, value in parameters_of(default).items():
         torch.testing.assert_close(parameters_of(nhwc)[key], value, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [{"fwd_mode": "jvp"}, {"fwd_mode": "jvp", "jvp_schedule": "per-block"},
+                                     {"fwd_mode": "jvp", "space": "activity"}], ids=["sweep", "per-block", "activity"])
+def test_forward_mode_gradients_train_under_bf16_autocast(options):
+    result = Trainer(tiny_config(method="fwdgrad", amp="bf16", max_steps=2, rule_options=options)).fit()
+    assert math.isfinite(result["test_loss"])

@@ -8,7 +8,7 @@ import torch
 
 from helpers import tiny_config
 from locallearn import Trainer
-from locallearn.bench import expand_grid, plan_runs, run_bench
+from locallearn.bench import expand_grid, plan_runs
 from locallearn.bench_report import select_on_validation
 from locallearn.data import load_dataset
 from locallearn.errors import UserError

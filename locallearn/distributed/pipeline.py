@@ -20,8 +20,9 @@ Schedules:
 This trainer is the single-process `Trainer` with its seams overridden: which batches it sees,
 what one step does, evaluation (a pipelined pass over the test set), logging and checkpoints
 (each stage writes `OUT/stage<s>/checkpoint.pt` at every epoch end; `--resume` restarts every
-stage from there). Every wait is bounded by `--dist-timeout`, so a dead or failing rank ends the
-others with an error instead of a hang.
+stage from there). Every wait is bounded by `--dist-timeout` (the wait for rank 0's profile of
+`--split balanced`, by PROFILE_TIMEOUT_SECONDS), so a dead or failing rank ends the others with
+an error instead of a hang.
 """
 from __future__ import annotations
 
@@ -31,11 +32,13 @@ import os
 import statistics
 import time
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from ..balance import LayerProfile
 from ..checkpointing import CHECKPOINT_NAME, load_checkpoint, save_json
 from ..config import TrainConfig
 from ..engine import Tally, Trainer, scored_modules
@@ -49,6 +52,7 @@ from .links import LinkExchange
 
 
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+PROFILE_TIMEOUT_SECONDS = 900.0  # --split balanced: how long the other ranks wait for rank 0's profile
 
 
 class PipelineFailure(UserError):
@@ -118,9 +122,7 @@ class PipelineTrainer(Trainer):
         if cfg.checkpoint_every and cfg.schedule == "async" and backlink:
             raise UserError("--checkpoint-every cannot be used with backlink and --schedule async: the remote "
                             "gradients in flight are only settled at epoch ends; use --schedule sync")
-        if len(self.net) < layout.stages:
-            raise UserError(f"{layout.stages} pipeline stages need at least as many modules; got --modules "
-                            f"{len(self.net)}")
+        self._check_enough_modules(len(self.net))
         self.owned = stage_modules(len(self.net), layout.stages, layout.stage)
         self.forward_group = dist.new_group(list(range(world)))
         for stage in range(layout.stages):  # every rank creates every group, in the same order
@@ -150,6 +152,20 @@ class PipelineTrainer(Trainer):
         self._check_resumed_positions()
 
     # ------------------------------------------------------------------ the seams
+    def _stage_groups(self, n_modules: int) -> list[int]:
+        """--split balanced balances the stages: stage s runs the modules `stage_modules` gives it."""
+        self._check_enough_modules(n_modules)
+        return even_sizes(n_modules, self.layout.stages)
+
+    def _layer_profile(self, measure) -> LayerProfile:
+        """Rank 0 profiles alone (see balance.py) and every rank cuts by its numbers: the same cut. The
+        others wait for it on a group of their own, whose timeout leaves time for a slow profile."""
+        timeout = max(self.cfg.dist_timeout, PROFILE_TIMEOUT_SECONDS)
+        group = dist.new_group(list(range(self.layout.world)), timeout=timedelta(seconds=timeout), backend="gloo")
+        shared = [measure().to_dict() if self.layout.rank == 0 else None]
+        dist.broadcast_object_list(shared, src=0, group=group)
+        return LayerProfile(**shared[0])
+
     def _steps_per_epoch(self) -> int:
         return self.data.steps_per_epoch(self.cfg.batch_size, self.layout.replicas)
 
@@ -312,6 +328,7 @@ class PipelineTrainer(Trainer):
         mine = {"flops": self.measurements.get("flops_per_step") if self.layout.replica == 0 else 0,
                 "activations": self.measurements.get("peak_activation_bytes"),
                 "step": result["step_seconds"], "train": self.train_seconds, "ahead": self.max_ahead_seen,
+                "cpu": self.train_cpu_seconds,
                 "waits": self.wait_seconds,
                 "memory": result["peak_memory_bytes"]}
         parts = self._gather(mine)
@@ -329,12 +346,19 @@ class PipelineTrainer(Trainer):
                          "max_staleness": cfg.max_staleness, "max_ahead_seen": max(p["ahead"] for p in parts),
                          # per stage (replica 0): training seconds, and of those, blocked on a neighbour
                          "stage_train_seconds": [parts[layout.rank_of(s, 0)]["train"] for s in range(layout.stages)],
+                         # the CPU time of each stage's process over the same stretch (its work, whatever
+                         # else the machine runs)
+                         "stage_cpu_seconds": [parts[layout.rank_of(s, 0)]["cpu"] for s in range(layout.stages)],
                          "stage_recv_wait_seconds": [parts[layout.rank_of(s, 0)]["waits"]["recv"]
                                                      for s in range(layout.stages)],
                          "stage_send_wait_seconds": [parts[layout.rank_of(s, 0)]["waits"]["send"]
                                                      for s in range(layout.stages)],
                          "stage_modules": [list(stage_modules(len(self.net), layout.stages, s))
-                                           for s in range(layout.stages)]},
+                                           for s in range(layout.stages)],
+                         # first and last layer of every stage
+                         "stage_layers": [[self.net[m[0]].layer_range.start, self.net[m[-1]].layer_range.stop - 1]
+                                          for m in (stage_modules(len(self.net), layout.stages, s)
+                                                    for s in range(layout.stages))]},
             "config": cfg.to_dict(),
         })
         return result
@@ -359,6 +383,11 @@ class PipelineTrainer(Trainer):
         parts = [None] * self.layout.world
         dist.all_gather_object(parts, obj)
         return parts
+
+    def _check_enough_modules(self, n_modules: int) -> None:
+        if n_modules < self.layout.stages:
+            raise UserError(f"{self.layout.stages} pipeline stages need at least as many modules; got --modules "
+                            f"{n_modules}")
 
     def _check_resumed_positions(self) -> None:
         positions = self._gather((self.position.phase, self.position.global_step))

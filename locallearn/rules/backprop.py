@@ -18,6 +18,7 @@ import torch
 
 from ..network import LocalModule, ModularNet
 from .base import Rule, Stats
+from .coupling import plain_step
 from .objective import IMAGE
 
 
@@ -59,13 +60,23 @@ class LocalRule(Rule):
     def module_step(self, module: LocalModule, x: torch.Tensor, y: torch.Tensor, message: dict,
                     stats: Stats) -> tuple[torch.Tensor, dict]:
         """Module k's step: forward, loss, backward, step, by the coupling; the graph is freed
-        before the next module runs. An objective that reconstructs the input image finds it in
-        the message: the first module's input, handed on by every module (as a pipeline stage
-        sends it downstream)."""
+        before the next module runs."""
+        return self.step_with(self.coupling.module_step, module, x, y, message, stats)
+
+    def plain_module_step(self, module: LocalModule, x: torch.Tensor, y: torch.Tensor, message: dict,
+                          stats: Stats) -> tuple[torch.Tensor, dict]:
+        """The step without the coupling: the objective's dgl step (balance.py times it where the
+        coupling cannot run, e.g. BackLink's links longer than one layer)."""
+        return self.step_with(plain_step, module, x, y, message, stats)
+
+    def step_with(self, step, module, x, y, message, stats) -> tuple[torch.Tensor, dict]:
+        """`step(objective, module, x, y, message, stats)`. An objective that reconstructs the input
+        image finds it in the message: the first module's input, handed on by every module (as a
+        pipeline stage sends it downstream)."""
         if not self.objective.needs_image:
-            return self.coupling.module_step(self.objective, module, x, y, message, stats)
+            return step(self.objective, module, x, y, message, stats)
         image = message.get(IMAGE, x)
-        h, handed_on = self.coupling.module_step(self.objective, module, x, y, {**message, IMAGE: image}, stats)
+        h, handed_on = step(self.objective, module, x, y, {**message, IMAGE: image}, stats)
         return h, {**handed_on, IMAGE: image}
 
     def finish_step(self, message: dict, stats: Stats) -> None:
