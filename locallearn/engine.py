@@ -527,7 +527,8 @@ class Trainer:
         cfg = self.cfg
         completed = sum(1 for row in self.history)
         return {
-            "method": cfg.method, "model": cfg.model, "dataset": cfg.dataset, "modules": len(self.net),
+            "method": cfg.method, "rule": self.rule.name, "model": cfg.model, "dataset": cfg.dataset,
+            "modules": len(self.net),
             "module_sizes": self.net.module_sizes(), "split": cfg.split, "balance": self.balance,
             "head": cfg.head if self.rule.uses_aux_heads else None,
             "epochs": round(self.position.global_step / self.steps_per_epoch / len(self.phases), 4),

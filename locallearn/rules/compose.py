@@ -104,6 +104,10 @@ def make_rule(method: str, options: dict) -> Rule:
     preset, objective, coupling = resolve(method, selections)
     accepted = accepted_options(preset, objective, coupling)
     what = describe(method, selections)
+    fixed = sorted(set(preset.preset_options) - set(accepted))
+    if fixed:
+        raise UserError(f"method {method} is {preset.default_coupling} with {', '.join(flag(n) for n in fixed)}, which "
+                        f"{what} does not take: use a method without it")
     foreign = sorted(set(options) - set(accepted))
     if foreign:
         raise UserError(f"{', '.join(flag(n) for n in foreign)} does not apply to {what}"
