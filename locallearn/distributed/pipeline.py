@@ -197,9 +197,7 @@ class PipelineTrainer(Trainer):
                 if k in active:
                     h, message = self.rule.module_step(self.net[k], h, y, message, stats)
                 else:  # frozen (greedy): forward only
-                    with torch.no_grad():
-                        h = self.net[k](h)
-                    message = {}
+                    h, message = self.rule.frozen_step(self.net[k], h, message)
             if needed[-1] < max(active):
                 link, link_tensors = self.links.outgoing(message) if self.links else (None, {})
                 started = time.perf_counter()

@@ -50,12 +50,17 @@ class LocalRule(Rule):
         for module in net.local_modules[:max(active) + 1]:
             if module.index in active:
                 h, message = self.module_step(module, h, y, message, stats)
-            else:  # a frozen lower module (greedy): just its forward, no graph, no message
-                with torch.no_grad():
-                    h = module(h)
-                message = {}
+            else:
+                h, message = self.frozen_step(module, h, message)
         self.finish_step(message, stats)
         return stats
+
+    def frozen_step(self, module: LocalModule, x: torch.Tensor, message: dict) -> tuple[torch.Tensor, dict]:
+        """A frozen lower module (greedy): just its forward, no graph; of the message only the input
+        image goes on, for objectives that reconstruct it (the first module's input is the image)."""
+        with torch.no_grad():
+            h = module(x)
+        return h, ({IMAGE: message.get(IMAGE, x)} if self.objective.needs_image else {})
 
     def module_step(self, module: LocalModule, x: torch.Tensor, y: torch.Tensor, message: dict,
                     stats: Stats) -> tuple[torch.Tensor, dict]:

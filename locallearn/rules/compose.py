@@ -106,8 +106,7 @@ def make_rule(method: str, options: dict) -> Rule:
     what = describe(method, selections)
     fixed = sorted(set(preset.preset_options) - set(accepted))
     if fixed:
-        raise UserError(f"method {method} is {preset.default_coupling} with {', '.join(flag(n) for n in fixed)}, which "
-                        f"{what} does not take: use a method without it")
+        raise UserError(f"method {method} fixes {', '.join(flag(n) for n in fixed)}, which {what} does not take")
     foreign = sorted(set(options) - set(accepted))
     if foreign:
         raise UserError(f"{', '.join(flag(n) for n in foreign)} does not apply to {what}"
