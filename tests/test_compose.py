@@ -111,7 +111,12 @@ def spied_step(trainer, x, y) -> list:
     """(module, its input, the message it got) for every module of one training step."""
     rule, seen = trainer.rule, []
     original = rule.module_step
-    rule.module_step = lambda m, h, y_, msg, st: seen.append((m, h.detach(), copied(msg))) or original(m, h, y_, msg, st)
+
+    def spy(module, h, labels, message, stats):
+        seen.append((module, h.detach(), copied(message)))
+        return original(module, h, labels, message, stats)
+
+    rule.module_step = spy
     rule.train_step(trainer.net, x, y, list(range(len(trainer.net))))
     return seen
 
@@ -438,11 +443,23 @@ def test_predsim_under_fp16_skips_a_step_that_overflows_and_trains_on():
     assert math.isfinite(result["test_loss"]) and min(m.scaler.get_scale() for m in trainer.net) < 2 ** 16
 
 
-@pytest.mark.parametrize("method,options", [("auglocal", {"coupling": "sgr"}), ("infopro", {"coupling": "backlink"}),
-                                            ("predsim", {"coupling": "backlink+sgr"}),
-                                            ("fwdgrad", {"guess_head": "auglocal"}), ("greedy", {"objective": "infopro"})])
+@pytest.mark.parametrize("method,options", [
+    ("auglocal", {"coupling": "sgr"}), ("infopro", {"coupling": "backlink"}), ("predsim", {"coupling": "backlink+sgr"}),
+    ("fwdgrad", {"guess_head": "auglocal"}), ("greedy", {"objective": "infopro"})])
 def test_combinations_train_under_bf16(method, options):
     settings = dict(modules=3, max_steps=3, measure=False, rule_options=options)
     full = Trainer(tiny_config(method=method, **settings)).fit()
     mixed = Trainer(tiny_config(method=method, amp="bf16", **settings)).fit()
     assert math.isfinite(mixed["test_loss"]) and mixed["test_loss"] == pytest.approx(full["test_loss"], rel=0.05)
+
+
+def test_a_combination_pipelines_as_one_process(tmp_path):
+    """InfoPro + SGR + BackLink across two ranks: the image, SGR's gradient and BackLink's link travel
+    downstream, the linked layers' gradients upstream; a sync pipeline equals one process."""
+    from test_pipeline import TINY as PIPELINE_TINY, assert_same_model, run_ok, single_process
+
+    args = [*PIPELINE_TINY, "--method", "infopro", "--coupling", "backlink+sgr", "--sgr-lambda", "5",
+            "--link-length", "2", "--modules", "4", "--epochs", "1"]
+    single = single_process(args, tmp_path / "single")
+    run_ok([*args, "--schedule", "sync", "--out", str(tmp_path / "piped")], world=2)
+    assert_same_model(tmp_path / "piped", single)

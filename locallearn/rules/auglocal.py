@@ -7,11 +7,11 @@ of d-1 later layers, idx_i = round(j + (L-j-1)/(d-1) * i) (section 3.2), and a c
 classifier: d trainable layers, the paper's depth. The local loss is the cross-entropy of g_j(h_j)
 (section 4.1); under the `auglocal` preset the module trains like every simultaneous local rule
 (DGL): forward, local loss, backward, step, detached output to module k+1. As an objective it also
-runs with SGR, BackLink or a forward gradient (--coupling, fwdgrad --guess-head auglocal). In the authors' layout (the default) the top layers,
-whose auxiliary net would copy all the layers after them, have none and train with the primary
-classifier as the last module. Pyramidal depth (eq. 3) shrinks d linearly over the modules;
-`aux_selection` gives the Table 5 ablations; `recon_weight` adds InfoPro's reconstruction loss
-(Table 13).
+runs with SGR, BackLink or a forward gradient (--coupling, fwdgrad --guess-head auglocal). In the
+authors' layout (the default) the top layers, whose auxiliary net would copy all the layers after
+them, have none and train with the primary classifier as the last module. Pyramidal depth (eq. 3)
+shrinks d linearly over the modules; `aux_selection` gives the Table 5 ablations; `recon_weight`
+adds InfoPro's reconstruction loss (Table 13).
 
 The builders live in `locallearn/auxnets.py`; the documentation in `docs/methods/auglocal.md`.
 """

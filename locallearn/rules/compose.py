@@ -44,8 +44,8 @@ def resolve(method: str, selections: dict) -> tuple[type[Rule], object, str]:
             raise UserError(f"--guess-head names where a forward gradient's guesses come from (method fwdgrad); "
                             f"method {method} takes --objective")
         if guess_head not in OBJECTIVES and guess_head not in HEADS:
-            raise UserError(f"unknown --guess-head {guess_head!r}; choose an objective ({', '.join(preset.objectives)}) "
-                            f"or a head ({', '.join(HEADS.names())})")
+            raise UserError(f"unknown --guess-head {guess_head!r}; choose an objective "
+                            f"({', '.join(preset.objectives)}) or a head ({', '.join(HEADS.names())})")
         if objective is not None and objective != guess_head:
             raise UserError(f"--guess-head {guess_head} and --objective {objective} disagree: give one of them")
         objective = guess_head
