@@ -265,6 +265,7 @@ def test_every_valid_combination_runs_one_step(method, objective, coupling):
         settings = dict(modules=1 if method == "bp" else 3)
     trainer = one_step(method, objective, coupling, **settings)
     assert trainer.rule.objective.name == objective and trainer.rule.coupling.name == coupling
+    one_step(method, objective, coupling, amp="bf16", **settings)  # every combination runs under bf16 autocast
 
 
 # every objective with every coupling, and under the other estimators, on one model family per test
