@@ -530,7 +530,8 @@ class Trainer:
             "method": cfg.method, "rule": self.rule.name, "model": cfg.model, "dataset": cfg.dataset,
             "modules": len(self.net),
             "module_sizes": self.net.module_sizes(), "split": cfg.split, "balance": self.balance,
-            "head": cfg.head if self.rule.uses_aux_heads else None,
+            # fwdgrad --guess-head HEAD names the head instead of --head
+            "head": (getattr(self.rule.objective, "head_name", None) or cfg.head) if self.rule.uses_aux_heads else None,
             "epochs": round(self.position.global_step / self.steps_per_epoch / len(self.phases), 4),
             "epochs_logged": completed, "steps": self.position.global_step,
             "test_top1": final["test_top1"], "test_top5": final["test_top5"], "test_loss": final["test_loss"],

@@ -287,6 +287,14 @@ def test_every_model_family_runs_every_objective_and_coupling(family):
                  dataset_kwargs={"shape": shape, "classes": 4, "train": 8, "test": 8})
 
 
+def test_a_guess_head_that_is_a_head_is_the_head_objective_with_that_head():
+    named = Trainer(tiny_config(method="fwdgrad", modules=3, head="linear", rule_options={"guess_head": "fg-cnn"}))
+    given = Trainer(tiny_config(method="fwdgrad", modules=3, head="fg-cnn"))
+    assert named.rule.objective.name == "head" and named.rule.name == "fwdgrad"
+    assert_same_tensors(parameters_of(named), parameters_of(given))  # the same heads, built from the same seed
+    assert named.fit()["head"] == "fg-cnn"
+
+
 # ------------------------------------------------------------------------- refused, with the reason
 @pytest.mark.parametrize("method,options,message", [
     ("bp", {"coupling": "sgr"}, "method bp cannot take coupling sgr: it trains the network as one whole"),

@@ -39,6 +39,7 @@ def resolve(method: str, selections: dict) -> tuple[type[Rule], object, str]:
             raise UserError(f"{flag(key)} must be a string, got {value!r}")
     objective = selections.get("objective")
     guess_head = selections.get("guess_head")
+    head_name = None  # --guess-head HEAD: the head objective with that head
     if guess_head is not None:
         if preset.estimator != "fwdgrad":
             raise UserError(f"--guess-head names where a forward gradient's guesses come from (method fwdgrad); "
@@ -46,9 +47,10 @@ def resolve(method: str, selections: dict) -> tuple[type[Rule], object, str]:
         if guess_head not in OBJECTIVES and guess_head not in HEADS:
             raise UserError(f"unknown --guess-head {guess_head!r}; choose an objective "
                             f"({', '.join(preset.objectives)}) or a head ({', '.join(HEADS.names())})")
-        if objective is not None and objective != guess_head:
+        guessed = guess_head if guess_head in OBJECTIVES else "head"
+        if objective is not None and objective != guessed:
             raise UserError(f"--guess-head {guess_head} and --objective {objective} disagree: give one of them")
-        objective = guess_head
+        objective, head_name = guessed, None if guess_head in OBJECTIVES else guess_head
     objective = objective or preset.default_objective
     coupling = selections.get("coupling") or preset.default_coupling
     OBJECTIVES.get(objective), COUPLINGS.get(coupling)  # an unknown name is a one-line error
@@ -57,9 +59,9 @@ def resolve(method: str, selections: dict) -> tuple[type[Rule], object, str]:
             reason = preset.refusals.get(name) or preset.refusals.get(kind) or \
                 f"it takes the {kind}s {', '.join(allowed)}"
             raise UserError(f"method {method} cannot take {kind} {name}: {reason}")
-    if guess_head is not None and guess_head not in OBJECTIVES:  # a --head name: the head objective with it
+    if head_name is not None:
         head_objective = HeadObjective()
-        head_objective.head_name = guess_head
+        head_objective.head_name = head_name
         return preset, head_objective, coupling
     return preset, objective, coupling
 
