@@ -28,25 +28,25 @@ from .engine import RUN_FILES, Trainer
 from .errors import UserError
 from .models import create_model
 from .models.adapt import network_factory, network_name
-from .rules import RULES, rule_options
+from .rules import SELECTORS
+from .rules.compose import describe, option_owners, options_for, split_options
 
 CONFIG_FIELDS = tuple(f.name for f in fields(TrainConfig))
 OBJECT_DATA_KWARGS = ("layout", "max_gib")  # dataset_kwargs that apply to data given as objects
 
 
 def _option_owners() -> dict[str, list[str]]:
-    """rule option -> the methods that take it."""
-    owners: dict[str, list[str]] = {}
-    for method in RULES.names():
-        for f in rule_options(RULES.get(method)):
-            owners.setdefault(f.name, []).append(method)
+    """option -> the parts that take it ('coupling sgr', ...); the selectors belong to every method."""
+    owners = option_owners()
+    owners.update({name: ["every method"] for name in SELECTORS})
     return owners
 
 
 def settings_to_config(config: TrainConfig | Mapping | None, settings: dict) -> tuple[TrainConfig, dict]:
     """The TrainConfig of `config` with `settings` (keywords) over it, and what was given explicitly.
 
-    A keyword is a TrainConfig field or an option of the chosen method (routed into rule_options)."""
+    A keyword is a TrainConfig field, a part (objective, coupling, guess_head) or an option of the
+    chosen method's parts (both routed into rule_options)."""
     if config is None:
         base = {}
     elif isinstance(config, TrainConfig):
@@ -72,11 +72,13 @@ def settings_to_config(config: TrainConfig | Mapping | None, settings: dict) -> 
                             + f" Keywords are the TrainConfig fields ({', '.join(CONFIG_FIELDS)}) and the options of "
                             "the chosen method (locallearn list; locallearn train --help)")
     method = given.get("method", base.get("method", TrainConfig.method))
-    accepted = {f.name for f in rule_options(RULES.get(method))} if isinstance(method, str) else set()
-    for key in options:
-        if key not in accepted:
-            raise UserError(f"{key} is an option of {', '.join(owners[key])}, not of method {method}"
-                            + (f" (its options: {', '.join(sorted(accepted))})" if accepted else " (it has none)"))
+    if isinstance(method, str):
+        selections, _ = split_options({**base.get("rule_options", {}), **options})
+        accepted = options_for(method, selections)
+        for key in options:
+            if key not in accepted and key not in SELECTORS:
+                raise UserError(f"{key} is an option of {', '.join(owners[key])}, not of {describe(method, selections)}"
+                                + (f" (its options: {', '.join(sorted(accepted))})" if accepted else " (it has none)"))
     if options:
         given["rule_options"] = {**base.get("rule_options", {}), **given.get("rule_options", {}), **options}
     cfg = TrainConfig(**{**base, **given})
@@ -153,8 +155,9 @@ def train(config: TrainConfig | Mapping | None = None, *, model=None, data=None,
                (read once into memory), or a data source (TensorData).
     callbacks: functions called with the Trainer after every training step.
     settings:  any TrainConfig field (method="sgr", modules=4, epochs=5, lr=0.05, batch_size=128,
-               out="runs/x", tensorboard=True, ...) and any option of the chosen method (sgr_lambda=10,
-               aux_depth=3, link_length=2, ...).
+               out="runs/x", tensorboard=True, ...), the parts that replace the method's (objective="auglocal",
+               coupling="sgr", guess_head="auglocal" for fwdgrad) and any option of the parts
+               (sgr_lambda=10, aux_depth=3, link_length=2, ...).
 
     With `out=DIR` the run writes result.json, log.csv, config.json, model.pt, heads.pt and
     checkpoint.pt there, as the command line does; `resume=True, out=DIR` continues it (pass the same

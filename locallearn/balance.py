@@ -117,8 +117,6 @@ def check_profilable(rule, cfg, n_layers: int) -> None:
 def _probe_net(model: nn.Module, rule, cfg, device: torch.device) -> tuple[ModularNet, Callable]:
     """A copy of `model` as one module per layer, each with the head a module ending there would carry
     (the rule's, the classifier last) and its own optimizers; and the local step that trains it."""
-    from .rules import LocalRule
-
     n_layers = len(model.layers)
     check_profilable(rule, cfg, n_layers)
     layer_ranges = [range(i, i + 1) for i in range(n_layers)]
@@ -129,7 +127,7 @@ def _probe_net(model: nn.Module, rule, cfg, device: torch.device) -> tuple[Modul
     try:
         rule.setup(probe)
     except UserError:  # the rule refuses one-layer modules (BackLink's links of several layers)
-        module_step = functools.partial(LocalRule.module_step, rule)
+        module_step = rule.plain_module_step
     probe.to(device).train()
     for module in probe:
         module.optimizer = make_optimizer(module.trainable_parameters(), cfg)

@@ -23,7 +23,8 @@ from .data import load_dataset
 from .engine import Trainer
 from .errors import UserError
 from .models import create_model
-from .rules import RULES, rule_options
+from .rules import RULES, SELECTORS
+from .rules.compose import options_for
 from .bench_report import aggregate, format_selection, format_table, plot, select_on_validation
 from .timing import interleaved_step_times
 
@@ -48,27 +49,47 @@ def expand_grid(spec: str) -> list[str]:
 VARIANT_KEYS = ("head", "split", "lr")  # settings a variant may change besides the method's own options
 
 
-def parse_method(spec: str) -> tuple[str, dict, dict]:
-    """`METHOD[:key=value...]` -> (method, rule options, settings), e.g. `sgr:sgr-lambda=0.1` or
-    `fwdgrad:guess=local:head=fg-mlp`: one method in several variants in one bench."""
+def parse_method(spec: str, selections: dict | None = None) -> tuple[str, dict, dict]:
+    """`METHOD[:key=value...]` -> (method, rule options, settings), e.g. `sgr:sgr-lambda=0.1`,
+    `fwdgrad:guess=local:head=fg-mlp` or `auglocal:coupling=sgr:sgr-lambda=10`: one method in several
+    variants in one bench. The spec's parts (objective=, coupling=, guess-head=) and `selections`
+    (the command line's, applied under the spec's) decide which options the method takes."""
     method, *pairs = spec.split(":")
-    rule_class = RULES.get(method)
-    fields = {f.name: f for f in rule_options(rule_class)}
-    options, settings = {}, {}
+    RULES.get(method)
+    parsed = []
     for pair in pairs:
         key, sep, value = pair.partition("=")
         name = key.strip().lstrip("-").replace("-", "_")
         if not sep or not name:
             raise UserError(f"method variant {spec!r}: expected METHOD:key=value[:key=value...], got {pair!r}")
+        parsed.append((key, name, value))
+    options = {name: value for _, name, value in parsed if name in SELECTORS}
+    fields = options_for(method, {**(selections or {}), **options})
+    settings = {}
+    for key, name, value in parsed:
         if name in VARIANT_KEYS:
             settings[name] = float(value) if name == "lr" else value
+        elif name in SELECTORS:
+            continue
         elif name in fields:
             options[name] = _parse_value(fields[name], value, spec)
         else:
-            accepted = sorted(k.replace("_", "-") for k in (*fields, *VARIANT_KEYS))
+            accepted = sorted(k.replace("_", "-") for k in (*fields, *SELECTORS, *VARIANT_KEYS))
             raise UserError(f"method variant {spec!r}: {method} has no option {key!r}; "
                             f"choose from: {', '.join(accepted)}")
     return method, options, settings
+
+
+def applicable_selections(method: str, selections: dict) -> dict:
+    """The command line's parts that `method` can take (the others apply to the other methods)."""
+    found = {}
+    for key, value in selections.items():
+        try:
+            options_for(method, {**found, key: value})
+        except UserError:
+            continue
+        found[key] = value
+    return found
 
 
 def _parse_value(f, text: str, spec: str):
@@ -97,12 +118,15 @@ def plan_runs(base: TrainConfig, methods: list[str], modules: list[int], seeds: 
     if len(concrete) > len(methods) and not base.val_split:
         raise UserError("a method spec with a grid (a|b|c) chooses its setting on validation accuracy: pass "
                         "--val-split FRACTION (settings are never chosen on the test set)")
+    global_selections = {k: v for k, v in given.items() if k in SELECTORS}
     for family, spec in concrete:
-        method, overrides, settings = parse_method(spec)
+        method = spec.split(":")[0]
+        selections = applicable_selections(method, global_selections)
+        method, overrides, settings = parse_method(spec, selections)
         rule_class = RULES.get(method)
-        accepted = {f.name for f in rule_options(rule_class)}
-        unused -= accepted
-        options = {**{k: v for k, v in given.items() if k in accepted}, **overrides}
+        accepted = set(options_for(method, {**selections, **{k: v for k, v in overrides.items() if k in SELECTORS}}))
+        unused -= accepted | set(selections)
+        options = {**selections, **{k: v for k, v in given.items() if k in accepted}, **overrides}
         variant = replace(base, **settings)
         if rule_class.single_module:  # bp: the whole network as one module, whatever the split
             ks, variant = [1], replace(variant, split="even")

@@ -64,22 +64,33 @@ def _option_type(annotation) -> type:
 
 
 def rule_option_fields() -> dict:
-    """option name -> (dataclass field, methods that take it), over every registered rule."""
-    from .rules import RULES, rule_options
+    """option name -> (dataclass field, the parts that take it), over every method, objective and coupling."""
+    from .rules.compose import option_fields_by_name, option_owners
 
-    found: dict = {}
-    for method in RULES.names():
-        for f in rule_options(RULES.get(method)):
-            found.setdefault(f.name, (f, []))[1].append(method)
-    return found
+    owners = option_owners()
+    return {name: (f, owners[name]) for name, f in option_fields_by_name().items()}
 
 
 def add_rule_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("method options (each applies to the methods named in its help)")
-    for name, (f, methods) in sorted(rule_option_fields().items()):
+    from .heads import HEADS
+    from .rules import COUPLINGS, OBJECTIVES
+
+    compose = parser.add_argument_group(
+        "composition (a method is a preset: an objective x a coupling x an estimator; these swap its parts)")
+    compose.add_argument("--objective", choices=OBJECTIVES.names(), default=None,
+                         help="the local objective of every module instead of the method's, e.g. --method sgr "
+                              "--objective auglocal (locallearn list shows which method takes which)")
+    compose.add_argument("--coupling", choices=COUPLINGS.names(), default=None,
+                         help="the coupling between neighbouring modules instead of the method's, e.g. --method "
+                              "auglocal --coupling sgr, --method infopro --coupling backlink, --coupling backlink+sgr")
+    compose.add_argument("--guess-head", metavar="NAME", default=None,
+                         help="fwdgrad: where the guesses come from, an objective (auglocal, infopro, predsim) or a "
+                              f"head ({', '.join(HEADS.names())}; the head objective with that head)")
+    group = parser.add_argument_group("options of the parts (each applies to the parts named in its help)")
+    for name, (f, owners) in sorted(rule_option_fields().items()):
         flag = "--" + name.replace("_", "-")
         kwargs = {"default": None,
-                  "help": f"{f.metadata['help']} [{', '.join(methods)}] (default: {f.default})"}
+                  "help": f"{f.metadata['help']} [{', '.join(owners)}] (default: {f.default})"}
         if f.type in ("bool", bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
@@ -103,9 +114,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool, defaults: di
         what.add_argument("--methods", default=QUICKSTART_GRID["methods"],
                           help=f"comma-separated methods to compare (default: {QUICKSTART_GRID['methods']}); any of: "
                                f"{', '.join(RULES.names())}. A method may be given in several variants, "
-                               f"METHOD:option=value[:option=value...] with its own options or head, split, lr, "
-                               f"e.g. dgl,sgr:sgr-lambda=0.1,sgr:sgr-lambda=1; a value a|b|c is a grid whose best "
-                               f"setting is chosen on validation accuracy (needs --val-split), e.g. "
+                               f"METHOD:option=value[:option=value...] with its own options, parts (objective=, "
+                               f"coupling=, guess-head=) or head, split, lr, e.g. "
+                               f"dgl,sgr:sgr-lambda=0.1,auglocal:coupling=sgr:sgr-lambda=10; a value a|b|c is a grid "
+                               f"whose best setting is chosen on validation accuracy (needs --val-split), e.g. "
                                f"sgr:sgr-lambda=1|10|100:lr=0.02|0.05")
         what.add_argument("--modules", type=_int_list, default=None,
                           help="comma-separated numbers of modules K to try (default: 8); single-module methods "
@@ -113,7 +125,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool, defaults: di
         what.add_argument("--seeds", type=_int_list, default=None,
                           help="comma-separated seeds; results are averaged (mean +- std) (default: 0,1,2)")
     else:
-        what.add_argument("--method", help=f"learning rule (default: {d.method}); one of: {', '.join(RULES.names())}")
+        what.add_argument("--method", help=f"learning rule (default: {d.method}): a preset of an objective, a coupling "
+                                           f"and an estimator, whose objective and coupling --objective and "
+                                           f"--coupling swap; one of: {', '.join(RULES.names())}")
         what.add_argument("--modules", type=int, help="number of modules K for --split even or balanced "
                                                       "(default: 1 for bp, else 4)")
         what.add_argument("--seed", type=int, help=f"random seed of weights, data order and augmentation "
@@ -341,9 +355,22 @@ def cmd_list(ns: argparse.Namespace) -> int:
     from .data import dataset_choices
     from .heads import HEADS
     from .models import model_names
-    from .rules import RULES
+    from .rules import COUPLINGS, OBJECTIVES, RULES
 
-    print("methods:  " + "\n          ".join(f"{n:<17} {RULES.get(n).summary}" for n in RULES.names()))
+    presets = [RULES.get(n) for n in RULES.names()]
+    print("methods (presets: estimator x objective x coupling):")
+    for p in presets:
+        parts = f"{p.estimator} x {p.default_objective} x {p.default_coupling}"
+        print(f"  {p.name:<17} {parts:<28} {p.summary}")
+    def estimators(kind: str, name: str) -> str:
+        return ", ".join(sorted({p.estimator for p in presets if name in getattr(p, kind)}))
+
+    print("objectives (--objective; fwdgrad: --guess-head), [the estimators that take them]:")
+    for n in OBJECTIVES.names():
+        print(f"  {n:<13} {OBJECTIVES.get(n).summary} [{estimators('objectives', n)}]")
+    print("couplings (--coupling), [the estimators that take them]:")
+    for n in COUPLINGS.names():
+        print(f"  {n:<13} {COUPLINGS.get(n).summary} [{estimators('couplings', n)}]")
     print("models:   " + ", ".join(model_names()))
     print("heads:    " + ", ".join(HEADS.names()))
     print("datasets: " + dataset_choices())
@@ -416,7 +443,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     for name in ANALYSES.names():
         analysis = ANALYSES.get(name)
         analysis.add_arguments(kinds.add_parser(name, help=analysis.help, description=analysis.help))
-    return parser, sorted(rule_option_fields())
+    from .rules import SELECTORS
+
+    return parser, sorted([*rule_option_fields(), *SELECTORS])
 
 
 def main(argv: list[str] | None = None) -> int:

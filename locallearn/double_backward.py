@@ -232,15 +232,29 @@ class _ConvGradients(torch.autograd.Function):
         return grad_g, grad_x, grad_weight, None, None, None
 
 
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast (--amp) runs a convolution in here, None outside autocast."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except TypeError:  # torch < 2.4: per-device functions
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+
+
 class _Conv(torch.autograd.Function):
     """y = conv(x, W) + b with a differentiable backward through `_ConvGradients`."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, geometry):
+        ctx.edges = (_edge(x), _edge(weight), _edge(bias))
+        dtype = _autocast_dtype(x.device.type)
+        if dtype is not None:  # as autocast would run it; the backward's kernels need x and W in the gradient's dtype
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
         ctx.save_for_backward(x, weight)
         ctx.geometry = geometry
         ctx.bias_size = None if bias is None else [bias.shape[0]]
-        ctx.edges = (_edge(x), _edge(weight), _edge(bias))
         stride, padding, dilation, groups = geometry
         return _CONV[x.dim() - 2](x, weight, bias, stride, padding, dilation, groups)
 

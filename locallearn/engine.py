@@ -38,7 +38,7 @@ from . import __version__
 from .balance import LayerProfile, check_profilable, plan_balanced_split, profile_layers
 from .checkpointing import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, HEADS_NAME, MODEL_NAME, checkpoint_path, first_line,
                             load_checkpoint, prepare_out_dir, save_json, save_text, save_torch)
-from .config import OPTIMISATION_CHANGES, RESUMABLE_CHANGES, TrainConfig, check_type
+from .config import OPTIMISATION_CHANGES, RESUMABLE_CHANGES, TrainConfig
 from .data import AUGMENT_CHOICES, load_dataset
 from .errors import Interrupted, NonFiniteLoss, UserError
 from .heads import HEADS
@@ -47,7 +47,8 @@ from .models import create_model
 from .module_state import evaluation_mode
 from .network import ModularNet
 from .optim import make_optimizer, make_scheduler
-from .rules import RULES, Rule, rule_options
+from .rules import Rule
+from .rules import make_rule as compose_rule
 from .speed import autocast, channels_last, compile_layers, eager, grad_scaler
 from .split import BALANCED, check_module_count, ranges_from_starts, split_layers
 from .tensorboard_log import TensorBoardLog
@@ -71,24 +72,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_rule(method: str, options: dict) -> Rule:
-    rule_class = RULES.get(method)
-    accepted = {f.name: f for f in rule_options(rule_class)}
-    foreign = sorted(set(options) - set(accepted))
-    if foreign:
-        flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
-        raise UserError(f"{flags} does not apply to method {method}"
-                        + (f" (its options: {', '.join('--' + a.replace('_', '-') for a in sorted(accepted))})"
-                           if accepted else ""))
-    for name, value in options.items():  # the CLI types its flags; a config file or the Python API may not
-        field = accepted[name]
-        check_type(f"--{name.replace('_', '-')}", value, field.type)
-        choices = field.metadata.get("choices")
-        if choices and value not in choices:
-            raise UserError(f"unknown --{name.replace('_', '-')} {value!r}; choose one of: {', '.join(map(str, choices))}")
-    try:
-        return rule_class(**options)
-    except (TypeError, ValueError) as error:
-        raise UserError(f"bad option for method {method}: {error}") from None
+    """The rule of `method` with `options` (its parts swapped and options checked: rules/compose.py)."""
+    return compose_rule(method, options)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -234,7 +219,8 @@ class Trainer:
             self.net.to(memory_format=torch.channels_last)
         if cfg.amp == "fp16" and not self.rule.scales_losses:
             raise UserError(f"--amp fp16 needs a gradient scaler in every backward of method {cfg.method}, which it "
-                            "does not have yet; use --amp bf16 (float32's range, no scaler needed)")
+                            f"does not have yet ({self.rule.fp16_reason}); use --amp bf16 (float32's range, no "
+                            "scaler needed)")
         for module in self.net:
             module.scaler = grad_scaler(self.device, cfg.amp)
         if cfg.compile:
@@ -541,9 +527,11 @@ class Trainer:
         cfg = self.cfg
         completed = sum(1 for row in self.history)
         return {
-            "method": cfg.method, "model": cfg.model, "dataset": cfg.dataset, "modules": len(self.net),
+            "method": cfg.method, "rule": self.rule.name, "model": cfg.model, "dataset": cfg.dataset,
+            "modules": len(self.net),
             "module_sizes": self.net.module_sizes(), "split": cfg.split, "balance": self.balance,
-            "head": cfg.head if self.rule.uses_aux_heads else None,
+            # fwdgrad --guess-head HEAD names the head instead of --head
+            "head": (getattr(self.rule.objective, "head_name", None) or cfg.head) if self.rule.uses_aux_heads else None,
             "epochs": round(self.position.global_step / self.steps_per_epoch / len(self.phases), 4),
             "epochs_logged": completed, "steps": self.position.global_step,
             "test_top1": final["test_top1"], "test_top5": final["test_top5"], "test_loss": final["test_loss"],

@@ -31,9 +31,43 @@ class LocalModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
 
-    def backward(self, loss: torch.Tensor) -> None:
-        """`loss.backward()`, scaled under --amp fp16."""
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+    # Under --amp fp16 every backward pass of a module runs on its loss times the module's loss scale
+    # S (a power of 2, so scaling and unscaling are exact), so that half-precision gradients do not
+    # underflow: what `backward` leaves in .grad is scaled, and `step` unscales it (skipping a step
+    # with an inf/NaN gradient). Tensors that leave the module (SGR's handed-down gradient, BackLink's
+    # errors) are unscaled first: `grad` and `unscale`. Without a scaler all of these are the plain
+    # autograd calls.
+    def backward(self, outputs, gradient=None, inputs=None) -> None:
+        """`torch.autograd.backward(outputs, gradient, inputs=inputs)`: a loss (`gradient` None), or
+        tensors and the gradients arriving at them; scaled by the loss scale under --amp fp16."""
+        if self.scaler is not None:
+            if isinstance(outputs, torch.Tensor):
+                outputs, gradient = [outputs], [gradient]
+            gradient = [None if g is None else self.scale(g) for g in gradient]
+            outputs = [self.scaler.scale(o) if g is None else o for o, g in zip(outputs, gradient)]
+        torch.autograd.backward(outputs, gradient, inputs=inputs)
+
+    def grad(self, outputs, inputs, gradient=None, **kwargs) -> tuple[torch.Tensor | None, ...]:
+        """`torch.autograd.grad(outputs, inputs, gradient, **kwargs)`, the results in true units: under
+        --amp fp16 taken of the scaled loss (or error) and divided by the scale after (in float32, which
+        holds what half precision would flush to zero). With create_graph, differentiable."""
+        if self.scaler is None:
+            return torch.autograd.grad(outputs, inputs, gradient, **kwargs)
+        if gradient is None:
+            found = torch.autograd.grad(self.scaler.scale(outputs), inputs, **kwargs)
+        else:
+            found = torch.autograd.grad(outputs, inputs, self.scale(gradient), **kwargs)
+        return tuple(None if g is None else self.unscale(g) for g in found)
+
+    def scale(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        """t times the loss scale (t itself without a scaler)."""
+        return t if self.scaler is None or t is None else self.scaler.scale(t)
+
+    def unscale(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        """t divided by the loss scale, in float32 (t itself without a scaler)."""
+        if self.scaler is None or t is None:
+            return t
+        return t.float() / self.scaler.scale(torch.ones((), device=t.device))
 
     def step(self) -> None:
         """The optimizer step; under --amp fp16, after unscaling, and skipped on inf/NaN gradients."""

@@ -28,15 +28,16 @@ INPUTS, RNG, RNG_CUDA, PARAM, GRAD = "backlink/inputs", "backlink/rng", "backlin
 
 
 class LinkExchange:
-    def __init__(self, rule, net, owned: range, prev_rank: int | None, next_rank: int | None, group,
+    def __init__(self, coupling, net, owned: range, prev_rank: int | None, next_rank: int | None, group,
                  device: torch.device, lag: int):
-        self.rule, self.prev_rank, self.next_rank = rule, prev_rank, next_rank
+        """`coupling`: the rule's BackLink coupling (backlink, backlink+sgr)."""
+        self.coupling, self.prev_rank, self.next_rank = coupling, prev_rank, next_rank
         self.group, self.device, self.lag = group, device, lag
         self.in_flight = 0  # links sent downstream whose gradients have not come back
         self.copy = self.copy_params = None
-        if prev_rank is not None and rule.has_link(net[owned.start - 1]):
+        if prev_rank is not None and coupling.has_link(net[owned.start - 1]):
             # this rank's own copy of the previous stage's linked layers (every rank builds the whole model)
-            _, self.copy = split_body(net[owned.start - 1], rule.link_length)
+            _, self.copy = split_body(net[owned.start - 1], coupling.link_length)
             self.copy_params = [p for p in self.copy.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------ module k's side (stage s)
@@ -56,7 +57,7 @@ class LinkExchange:
         """After the link went downstream: mix in the remote gradients `lag` batches old, step."""
         self.in_flight += 1
         remote = self._receive(len(link.params)) if self.in_flight > self.lag else [None] * len(link.params)
-        self.rule.finish_link(link, remote)
+        self.coupling.finish_link(link, remote)
 
     def drain(self) -> None:
         """Receive (and drop) the gradients still in flight."""

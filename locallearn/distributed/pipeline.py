@@ -46,7 +46,7 @@ from ..errors import UserError
 from ..module_state import evaluation_mode
 from ..rules import LocalRule
 from ..split import even_sizes
-from ..rules.backlink import LINK, BackLink
+from ..rules.backlink import LINK, BackLinkCoupling
 from .comm import AsyncSender, Layout, init_process_group, recv_message, send_message
 from .links import LinkExchange
 
@@ -118,7 +118,8 @@ class PipelineTrainer(Trainer):
         if not is_pipelinable(self.rule):
             raise UserError(f"method {cfg.method} trains the whole network in one step and cannot be pipelined; "
                             "pipelined methods train module by module (dgl, greedy, sgr, backlink, ...)")
-        if cfg.checkpoint_every and cfg.schedule == "async" and isinstance(self.rule, BackLink):
+        backlink = isinstance(self.rule.coupling, BackLinkCoupling)
+        if cfg.checkpoint_every and cfg.schedule == "async" and backlink:
             raise UserError("--checkpoint-every cannot be used with backlink and --schedule async: the remote "
                             "gradients in flight are only settled at epoch ends; use --schedule sync")
         self._check_enough_modules(len(self.net))
@@ -135,11 +136,11 @@ class PipelineTrainer(Trainer):
         self.prev_rank = None if layout.is_first else layout.rank_of(layout.stage - 1)
         self.next_rank = None if layout.is_last else layout.rank_of(layout.stage + 1)
         self.links = None
-        if isinstance(self.rule, BackLink) and self.rule.link_length > 0:
+        if backlink and self.rule.coupling.link_length > 0:
             # across ranks a link is recomputed on the next rank's copy of the linked layers (links.py);
             # inside a stage, too, so that a sync pipeline equals one process with --link-recompute
-            self.rule.link_recompute = True
-            self.links = LinkExchange(self.rule, self.net, self.owned, self.prev_rank, self.next_rank,
+            self.rule.coupling.link_recompute = True
+            self.links = LinkExchange(self.rule.coupling, self.net, self.owned, self.prev_rank, self.next_rank,
                                       dist.new_group(list(range(world))), self.device,
                                       lag=cfg.max_staleness if cfg.schedule == "async" else 0)
         self.sender = None
@@ -196,9 +197,7 @@ class PipelineTrainer(Trainer):
                 if k in active:
                     h, message = self.rule.module_step(self.net[k], h, y, message, stats)
                 else:  # frozen (greedy): forward only
-                    with torch.no_grad():
-                        h = self.net[k](h)
-                    message = {}
+                    h, message = self.rule.frozen_step(self.net[k], h, message)
             if needed[-1] < max(active):
                 link, link_tensors = self.links.outgoing(message) if self.links else (None, {})
                 started = time.perf_counter()

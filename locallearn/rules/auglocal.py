@@ -1,15 +1,17 @@
-"""AugLocal (Ma et al., ICLR 2024): local learning with auxiliary networks built from the primary
-network's own later layers.
+"""AugLocal (Ma et al., ICLR 2024): the `auglocal` objective, auxiliary networks built from the
+primary network's own later layers, and the `auglocal` preset (objective auglocal x coupling none x
+back-propagation).
 
 Module k ends with layer j; its auxiliary network g_j is made of fresh copies of the architectures
 of d-1 later layers, idx_i = round(j + (L-j-1)/(d-1) * i) (section 3.2), and a copy of the primary
 classifier: d trainable layers, the paper's depth. The local loss is the cross-entropy of g_j(h_j)
-(section 4.1); the module trains like every simultaneous local rule (DGL): forward, local loss,
-backward, step, detached output to module k+1. In the authors' layout (the default) the top layers,
-whose auxiliary net would copy all the layers after them, have none and train with the primary
-classifier as the last module. Pyramidal depth (eq. 3) shrinks d linearly over the modules;
-`aux_selection` gives the Table 5 ablations; `recon_weight` adds InfoPro's reconstruction loss
-(Table 13).
+(section 4.1); under the `auglocal` preset the module trains like every simultaneous local rule
+(DGL): forward, local loss, backward, step, detached output to module k+1. As an objective it also
+runs with SGR, BackLink or a forward gradient (--coupling, fwdgrad --guess-head auglocal). In the
+authors' layout (the default) the top layers, whose auxiliary net would copy all the layers after
+them, have none and train with the primary classifier as the last module. Pyramidal depth (eq. 3)
+shrinks d linearly over the modules; `aux_selection` gives the Table 5 ablations; `recon_weight`
+adds InfoPro's reconstruction loss (Table 13).
 
 The builders live in `locallearn/auxnets.py`; the documentation in `docs/methods/auglocal.md`.
 """
@@ -25,19 +27,21 @@ from .. import auxnets
 from ..errors import UserError
 from ..models import LayeredModel
 from ..network import LocalModule
-from .base import LocalRule, Stats, option, record
-from .infopro import ReconstructionDecoder, WithDecoder, step_with_image
-from .registry import RULES
+from .backprop import LocalRule
+from .base import Stats, option, record
+from .infopro import ReconstructionDecoder, WithDecoder
+from .objective import IMAGE, Objective
+from .registry import OBJECTIVES, RULES
 
 
-@RULES.register("auglocal")
+@OBJECTIVES.register("auglocal")
 @dataclass
-class AugLocal(LocalRule):
+class AugLocalObjective(Objective):
     """Every module but the last learns from the cross-entropy of its augmented auxiliary network."""
 
     name = "auglocal"
-    summary = ("AugLocal: auxiliary nets made of copies of uniformly selected later layers (use --split layer; "
-               "--aux-depth is the paper's d, classifier included)")
+    summary = ("AugLocal: cross-entropy of an auxiliary net made of copies of uniformly selected later layers "
+               "(--aux-depth is the paper's d, classifier included)")
 
     aux_depth: int = option(3, "AugLocal: the paper's depth d of each auxiliary network: its trainable layers "
                                "INCLUDING the linear classifier, i.e. d-1 copied later layers + classifier "
@@ -75,6 +79,14 @@ class AugLocal(LocalRule):
         if not self.recon_weight >= 0.0:
             raise UserError(f"--recon-weight must be zero or positive, got {self.recon_weight}")
         self._n_modules: int | None = None  # K after the layout, set by arrange_modules
+
+    @property
+    def needs_image(self) -> bool:
+        return self.recon_weight > 0
+
+    @property
+    def head_cross_entropy(self) -> bool:
+        return self.recon_weight == 0
 
     @property
     def n_copies(self) -> int:
@@ -115,14 +127,18 @@ class AugLocal(LocalRule):
         logits = module.head(outputs)
         loss = F.cross_entropy(logits, y)
         if self.recon_weight > 0 and not module.is_last:
-            reconstruction = module.head.reconstruction_loss(outputs, message["image"])
+            reconstruction = module.head.reconstruction_loss(outputs, message[IMAGE])
             stats[f"recon/{module.index}"] = reconstruction.detach()
             loss = loss + self.recon_weight * reconstruction
         record(stats, module.index, loss, logits, y)
         return loss
 
-    def module_step(self, module: LocalModule, x: torch.Tensor, y: torch.Tensor, message: dict,
-                    stats: Stats) -> tuple[torch.Tensor, dict]:
-        if self.recon_weight == 0:
-            return super().module_step(module, x, y, message, stats)
-        return step_with_image(super().module_step, module, x, y, message, stats)
+
+@RULES.register("auglocal")
+class AugLocal(LocalRule):
+    """AugLocal as its paper trains it: objective auglocal x coupling none x back-propagation."""
+
+    name = "auglocal"
+    summary = ("AugLocal: auxiliary nets made of copies of uniformly selected later layers (use --split layer; "
+               "--aux-depth is the paper's d, classifier included)")
+    default_objective = "auglocal"

@@ -1,4 +1,5 @@
-"""BackLink: local learning with backward links between neighbouring modules (Guo et al.).
+"""BackLink (Guo et al.): the `backlink` coupling, backward links between neighbouring modules, and
+the `backlink` preset (objective head x coupling backlink x back-propagation).
 
 Module k's last l layers (the *linked* layers) also receive the error of module k+1, which is
 back-propagated through those l layers only; below them module k learns from its own auxiliary
@@ -44,6 +45,13 @@ Two ways to hold the link (--link-recompute):
                           `mix` them there.
 
 Either way, what a link holds is made with `measure.held`, so the activation meter counts it.
+
+Any objective (auglocal, infopro, predsim): "the error of module k" is dL_k/dy^n of module k's whole
+local loss (delta_c of eq. 4-5 pushed through whichever head the objective has, reconstruction
+decoder included), and the error module k+1 sends back is dL_{k+1}/dx of its whole loss. Every
+objective's loss depends on module k's parameters through its output y^n alone, so the local branch
+of the linked weights is J^T dL_k/dy^n and the mixed output error above stays exact for all of them.
+(SGR's penalty is not such a function; backlink_sgr.py mixes weight gradients instead.)
 """
 from __future__ import annotations
 
@@ -58,8 +66,11 @@ from ..errors import UserError
 from ..measure import held
 from ..network import LocalModule, ModularNet
 from ..module_state import frozen_batchnorm_statistics
-from .base import LocalRule, Stats, option
-from .registry import RULES
+from .backprop import LocalRule
+from .base import Stats, option
+from .coupling import Coupling, plain_step
+from .objective import Objective
+from .registry import COUPLINGS, RULES
 
 LINK = "backlink_link"  # message key: the Link of the module before
 
@@ -146,16 +157,9 @@ class RemoteLink:
     reply: Callable[[list[torch.Tensor | None]], None]
 
 
-@RULES.register("backlink")
 @dataclass
-class BackLink(LocalRule):
-    """dgl whose modules also learn, in their last l layers, from the error of the next module."""
-
-    name = "backlink"
-    summary = "BackLink: module k+1's error flows back into the last l layers of module k (weight alpha)"
-    scales_losses = False  # its linked backward passes bypass LocalModule.backward (no fp16 scaler yet)
-    compilable = False  # compiled with inductor, the linked layers' updates drift from eager's (5e-3 in 3 steps)
-    compilable_reason = "its kept-graph backward passes differ from eager under inductor"
+class BackLinkOptions:
+    """The options of a backward link (backlink, backlink+sgr)."""
 
     link_length: int = option(1, "l: how many of the last layers of each module (but the last) also get the "
                                  "next module's error; 0 = plain local learning (dgl); at most the size of "
@@ -163,16 +167,31 @@ class BackLink(LocalRule):
     link_alpha: float = option(0.25, "alpha: weight of the module's own (local) error in the linked layers; "
                                      "1 - alpha goes to the next module's error (the paper tunes it over 0, "
                                      "0.25, 0.5, 0.75, 1; 0.25 was best in docs/methods/backlink.md)")
-    link_recompute: bool = option(False, "hold only the linked layers' input and recompute their forward "
-                                         "after the next module's backward (less memory, more compute: the "
-                                         "paper's multi-device scheme)")
 
-    def __post_init__(self):
+    def check_link_options(self) -> None:
         if isinstance(self.link_length, bool) or not isinstance(self.link_length, int) or self.link_length < 0:
             raise ValueError(f"--link-length must be an integer >= 0, got {self.link_length!r}")
         if not (isinstance(self.link_alpha, (int, float)) and 0.0 <= self.link_alpha <= 1.0):
             raise ValueError(f"--link-alpha must be a number between 0 and 1, got {self.link_alpha!r}")
         self.link_alpha = float(self.link_alpha)
+
+
+@COUPLINGS.register("backlink")
+@dataclass
+class BackLinkCoupling(Coupling, BackLinkOptions):
+    """Module k's last l layers also learn from module k+1's error (weight 1 - alpha)."""
+
+    name = "backlink"
+    summary = "backward links: module k+1's error flows into the last l layers of module k (weight 1 - alpha)"
+    compilable = False  # compiled with inductor, the linked layers' updates drift from eager's (5e-3 in 3 steps)
+    compilable_reason = "its kept-graph backward passes differ from eager under inductor"
+
+    link_recompute: bool = option(False, "hold only the linked layers' input and recompute their forward "
+                                         "after the next module's backward (less memory, more compute: the "
+                                         "paper's multi-device scheme)")
+
+    def __post_init__(self):
+        self.check_link_options()
 
     def setup(self, net: ModularNet) -> None:
         """l may not exceed the layers of any module that has a link (all but the last)."""
@@ -195,29 +214,29 @@ class BackLink(LocalRule):
         if LINK in message:  # the last active module had a link but nothing above it ran
             self.complete_link(message[LINK], None, stats)
 
-    def module_step(self, module: LocalModule, x: torch.Tensor, y: torch.Tensor, message: dict,
-                    stats: Stats) -> tuple[torch.Tensor, dict]:
+    def module_step(self, objective: Objective, module: LocalModule, x: torch.Tensor, y: torch.Tensor,
+                    message: dict, stats: Stats) -> tuple[torch.Tensor, dict]:
         incoming: Link | None = message.get(LINK)
         if incoming is None and not self.has_link(module):
-            return super().module_step(module, x, y, message, stats)  # exactly dgl
+            return plain_step(objective, module, x, y, message, stats)  # exactly dgl
         # a leaf, so that its .grad is dL_k/dx: the error module k-1's linked layers receive
         inputs = x.detach().requires_grad_(incoming is not None)
         if self.has_link(module):
-            outputs, link = self._linked_forward_backward(module, inputs, y, message, stats)
+            outputs, link = self._linked_forward_backward(objective, module, inputs, y, message, stats)
         else:
             outputs, link = module(_non_leaf(inputs)), None
-            loss = self.local_loss(module, inputs, outputs, y, message, stats)
+            loss = objective.local_loss(module, inputs, outputs, y, message, stats)
             module.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            module.backward(loss)
         if incoming is not None:
-            self.complete_link(incoming, inputs.grad, stats)
+            self.complete_link(incoming, module.unscale(inputs.grad), stats)
         if link is None:
-            module.optimizer.step()
+            module.step()
             return outputs.detach(), {}
         return outputs.detach(), {LINK: link}
 
-    def _linked_forward_backward(self, module: LocalModule, inputs: torch.Tensor, y: torch.Tensor,
-                                 message: dict, stats: Stats) -> tuple[torch.Tensor, Link]:
+    def _linked_forward_backward(self, objective: Objective, module: LocalModule, inputs: torch.Tensor,
+                                 y: torch.Tensor, message: dict, stats: Stats) -> tuple[torch.Tensor, Link]:
         """Module k's local branch: all its gradients but the linked weights' are final afterwards."""
         alpha, keep_graph = self.link_alpha, not self.link_recompute
         lower, linked = split_body(module, self.link_length)
@@ -233,10 +252,10 @@ class BackLink(LocalRule):
             outputs = linked(linked_inputs)
 
         head_inputs = outputs.detach().requires_grad_()  # the head's graph is freed by its own backward
-        loss = self.local_loss(module, inputs, head_inputs, y, message, stats)
+        loss = objective.local_loss(module, inputs, head_inputs, y, message, stats)
         module.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        local_error = head_inputs.grad  # dL_k / dy^n: delta_c pushed through the head
+        module.backward(loss)
+        local_error = head_inputs.grad  # dL_k / dy^n: delta_c pushed through the head (scaled under fp16)
         # Through the linked layers: always the local error's input gradient (for the lower layers
         # and module k-1). Kept graph: the weights wait for the mixed error (one pass, eq. 5-7).
         # Recompute: their local weight gradients now, as the owner rank of Fig. 3 computes them.
@@ -244,7 +263,7 @@ class BackLink(LocalRule):
         found = torch.autograd.grad(outputs, wanted, local_error, retain_graph=keep_graph) if wanted else ()
         if local_weights_now:
             for p, g in zip(params, found):
-                p.grad = g  # unscaled; complete_link mixes it with the global gradient
+                p.grad = g  # not yet final: complete_link mixes it with the global gradient
         if needs_input_error:
             if has_lower:
                 lower_outputs.backward(found[-1])  # lower layers: the local branch alone
@@ -255,7 +274,7 @@ class BackLink(LocalRule):
                     outputs=outputs if keep_graph else None,
                     inputs=None if keep_graph else held(linked_inputs.detach()),
                     rng=rng,
-                    local_error=held(local_error.detach()) if keep_graph and alpha > 0 else None)
+                    local_error=held(module.unscale(local_error).detach()) if keep_graph and alpha > 0 else None)
         return outputs, link
 
     def complete_link(self, link: Link | RemoteLink, remote_error: torch.Tensor | None, stats: Stats) -> None:
@@ -276,6 +295,7 @@ class BackLink(LocalRule):
                 stats[f"link_cos/{link.module.index}"] = cosine.detach()
             output_error = mix(alpha, local_error, remote_error)
             if output_error is not None:
+                output_error = link.module.scale(output_error)
                 for p, g in zip(link.params, linked_gradients(link.outputs, link.params, output_error)):
                     p.grad = g
         else:  # recompute: global weight gradients from a copy of the forward, mixed with the local ones
@@ -285,7 +305,7 @@ class BackLink(LocalRule):
             self.finish_link(link, remote)
             return
         link.outputs = link.inputs = link.local_error = None  # free the short graph now
-        link.module.optimizer.step()
+        link.module.step()
 
     def remote_gradients(self, layers: nn.Module, inputs: torch.Tensor, rng: dict,
                          remote_error: torch.Tensor) -> list[torch.Tensor | None]:
@@ -296,8 +316,19 @@ class BackLink(LocalRule):
 
     def finish_link(self, link: Link, remote: list[torch.Tensor | None]) -> None:
         """Recompute mode: mix the local weight gradients (already in .grad) with the remote ones
-        (eq. 5, 7) and take module k's deferred optimizer step."""
+        (eq. 5, 7) and take module k's deferred optimizer step. The remote ones are of module
+        k+1's loss itself; .grad is on module k's loss scale under --amp fp16."""
         for p, g in zip(link.params, remote):
-            p.grad = mix(self.link_alpha, p.grad, g)
+            p.grad = mix(self.link_alpha, p.grad, link.module.scale(g))
         link.outputs = link.inputs = link.local_error = None
-        link.module.optimizer.step()
+        link.module.step()
+
+
+@RULES.register("backlink")
+class BackLink(LocalRule):
+    """dgl whose modules also learn, in their last l layers, from the error of the next module:
+    objective head x coupling backlink."""
+
+    name = "backlink"
+    summary = "BackLink: module k+1's error flows back into the last l layers of module k (weight alpha)"
+    default_coupling = "backlink"

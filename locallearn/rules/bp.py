@@ -2,7 +2,6 @@
 checkpointing per module, the memory baseline of local learning)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -15,8 +14,13 @@ from ..module_state import frozen_batchnorm_statistics
 from .base import Rule, Stats, record
 from .registry import RULES
 
+# what bp and checkpoint refuse, whatever the objective or coupling asked for
+END_TO_END = {"objective": "it back-propagates the end-to-end loss through the whole network: there is no local "
+                           "objective",
+              "coupling": "it trains the network as one whole: there are no neighbouring modules to couple"}
 
-def _step_all(net: ModularNet, loss: torch.Tensor) -> None:
+
+def step_all(net: ModularNet, loss: torch.Tensor) -> None:
     """One backward of the global loss, then every module's step (under --amp fp16 one scaler,
     module 1's, serves all: there is one loss)."""
     scaler = net[0].scaler
@@ -33,20 +37,22 @@ def _step_all(net: ModularNet, loss: torch.Tensor) -> None:
 
 
 @RULES.register("bp")
-@dataclass
 class Backprop(Rule):
     """Global back-propagation of the last loss through the whole network."""
 
     name = "bp"
     summary = "global end-to-end back-propagation (use --modules 1)"
-    uses_aux_heads = False
+    estimator = "bp"
+    default_objective = "global"
+    objectives = ("global",)
+    refusals = END_TO_END
     single_module = True
     scales_losses = True
 
     def train_step(self, net: ModularNet, x: torch.Tensor, y: torch.Tensor, active: Sequence[int]) -> Stats:
         logits = net.model(x)
         loss = F.cross_entropy(logits, y)
-        _step_all(net, loss)
+        step_all(net, loss)
         stats: Stats = {}
         record(stats, len(net) - 1, loss, logits, y)
         return stats
@@ -67,7 +73,6 @@ def _recomputable(body: nn.Module):
 
 
 @RULES.register("checkpoint")
-@dataclass
 class Checkpointed(Rule):
     """BP where every module but the last keeps only its input and recomputes its activations
     during the backward pass (torch.utils.checkpoint). Same updates as `bp`, less memory, ~1 extra
@@ -76,7 +81,10 @@ class Checkpointed(Rule):
 
     name = "checkpoint"
     summary = "BP with torch.utils.checkpoint per module (the memory baseline)"
-    uses_aux_heads = False
+    estimator = "checkpoint"
+    default_objective = "global"
+    objectives = ("global",)
+    refusals = END_TO_END
     scales_losses = True
 
     def train_step(self, net: ModularNet, x: torch.Tensor, y: torch.Tensor, active: Sequence[int]) -> Stats:
@@ -86,7 +94,7 @@ class Checkpointed(Rule):
             h = checkpoint(_recomputable(module.body), h, use_reentrant=True)
         logits = net[-1].head(net[-1].body(h))
         loss = F.cross_entropy(logits, y)
-        _step_all(net, loss)
+        step_all(net, loss)
         stats: Stats = {}
         record(stats, len(net) - 1, loss, logits, y)
         return stats

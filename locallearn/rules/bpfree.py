@@ -1,5 +1,9 @@
 """BP-free learning on PlainNet-style networks: the rows of SGR Table 4 (Yang et al., ICML 2024).
 
+Estimators: `bpfree` (each unit's error in closed form from its fixed ETF head, the `etf` objective;
+with the `none` or the `sgr` coupling: presets layerwise-bpfree and sgr-bpfree), and `fa`, `dfa`,
+`drtp`, `pepita` (the end-to-end error only: objective `global`, no coupling).
+
 Every rule here sees the network as a chain of transform units (units.py: one linear/conv
 transform plus its batch norm and nonlinearity; the classifier is the last unit) and requires one
 model layer per module (`--split layer`; a PlainNet block is one layer of two units). The error
@@ -37,13 +41,15 @@ from ..measure import held
 from ..network import LocalModule, ModularNet
 from ..units import NONLINEARITIES, Unit, split_units
 from ..module_state import evaluation_mode, frozen_batchnorm_statistics
-from .base import Rule, Stats, detached_input, option, record, reforward_option
-from .registry import RULES
+from .base import Rule, Stats, detached_input, option, record
+from .bp import step_all
+from .objective import Objective
+from .registry import OBJECTIVES, RULES
 from .sgr import SGROptions, sgr_penalty
 
 FEATURES = ("flatten", "pool")
-SGR_GRADIENTS = ("exact", "appendix-d")
 CLASSIFIER = "classifier"
+LOGGED_ONLY = SGROptions(sgr_lambda=0.0)  # without the sgr coupling the penalty is measured, not trained
 
 
 def etf_features(h: torch.Tensor, how: str) -> torch.Tensor:
@@ -65,16 +71,61 @@ def _frozen_statistics(unit: Unit):
     return frozen_batchnorm_statistics(*unit.before, unit.transform, *unit.after)
 
 
+@OBJECTIVES.register("etf")
+@dataclass
+class ETFObjective(Objective):
+    """The local loss of a unit: CE(M^T phi(h), y) with a fixed simplex ETF M (SGR eq. 7), whose error
+    the bpfree estimator takes in closed form (the ETFs are its state: `rule.matrices`)."""
+
+    name = "etf"
+    summary = "CE of a fixed simplex-ETF head per unit, its error in closed form (BP-free; layerwise-bpfree)"
+    trained_head = False
+
+    etf_features: str = option("pool", "what the fixed ETF head of a unit sees: pool = the global average of "
+                                       "each channel of the unit output, flatten = every value", FEATURES)
+
+    def __post_init__(self):
+        if self.etf_features not in FEATURES:
+            raise ValueError(f"unknown --etf-features {self.etf_features!r}; choose one of: {', '.join(FEATURES)}")
+
+    def build_head(self, model, k, layers, head, head_kwargs) -> nn.Module:
+        return nn.Identity()  # the ETF is fixed rule state, not a trained head
+
+    def local_loss(self, module, inputs, outputs, y, message, stats):
+        raise NotImplementedError("the etf objective's error is taken in closed form by the bpfree estimator")
+
+
+# what every BP-free estimator refuses, beyond its own objective and couplings
+BP_FREE_REFUSALS = {
+    **{name: "a BP-free rule never back-propagates through more than one unit; a trained auxiliary net is "
+             "trained by back-propagation (the BP-free local objective is the fixed etf head: layerwise-bpfree)"
+       for name in ("head", "auglocal", "infopro", "predsim")},
+    "backlink": "BackLink back-propagates module k+1's error through module k's last layers, across units, which "
+                "a BP-free rule never does",
+    "backlink+sgr": "BackLink back-propagates module k+1's error through module k's last layers, across units, "
+                    "which a BP-free rule never does",
+}
+
+
 class BPFreeRule(Rule):
     """The unit chain of the network and the rule's fixed random matrices (`self.matrices`)."""
 
-    uses_aux_heads = False
+    default_objective = "global"
+    objectives = ("global",)
+    refusals = {**BP_FREE_REFUSALS,
+                "etf": "its units learn from the end-to-end error, not from local heads (method layerwise-bpfree "
+                       "uses the etf heads)",
+                "sgr": "SGR reconciles the gradients of neighbouring local losses; its units have none, they learn "
+                       "from the end-to-end error (method sgr-bpfree is SGR between BP-free local losses)"}
+    scales_losses = True
     compilable = False
     compilable_reason = "per-unit backward passes of its own, SGR's double backward"
 
     def setup(self, net: ModularNet) -> None:
+        super().setup(net)
         model = net.model
         self.units: list[list[Unit]] = []
+        self.owner: dict[str, LocalModule] = {}  # unit key -> its module (whose loss scale its backward uses)
         for module in net:
             if len(module.layer_range) != 1:
                 raise UserError(f"method {self.name} trains every transform on its own, so each module must be "
@@ -84,6 +135,7 @@ class BPFreeRule(Rule):
             units = split_units(model.layers[layer_index], f"layer {layer_index} of the model")
             for j, unit in enumerate(units):
                 unit.key = f"{module.index}.{j}"
+                self.owner[unit.key] = module
                 if not unit.has_nonlinearity:
                     raise UserError(f"layer {layer_index} has a {type(unit.transform).__name__} with no nonlinearity "
                                     f"after it; {self.name} needs every hidden transform followed by one")
@@ -93,6 +145,7 @@ class BPFreeRule(Rule):
             raise UserError(f"{self.name} needs a classifier of one linear layer (after pooling/flattening)")
         self.classifier = classifier[0]
         self.classifier.key = CLASSIFIER
+        self.owner[CLASSIFIER] = net[-1]
         self.hidden = [unit for units in self.units for unit in units]
         self.output_shapes = self._dry_run(model)
         self.num_classes = model.num_classes
@@ -112,10 +165,11 @@ class BPFreeRule(Rule):
         return {}
 
     def state_dict(self) -> dict:
-        return {"matrices": {k: v.detach().cpu().clone() for k, v in self.matrices.items()}}
+        return {**super().state_dict(), "matrices": {k: v.detach().cpu().clone() for k, v in self.matrices.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        if state:
+        super().load_state_dict(state)
+        if "matrices" in state:
             self.matrices = {k: v.clone() for k, v in state["matrices"].items()}
 
     def _matrices_to(self, device: torch.device) -> None:
@@ -131,7 +185,7 @@ class BPFreeRule(Rule):
     @staticmethod
     def _step_all(net: ModularNet) -> None:
         for module in net:
-            module.optimizer.step()
+            module.step()
 
 
 def _random_projection(rows: int, classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -141,31 +195,30 @@ def _random_projection(rows: int, classes: int, generator: torch.Generator) -> t
 
 # --------------------------------------------------------------------------------- ETF rules
 @RULES.register("layerwise-bpfree")
-@dataclass
 class LayerwiseBPFree(BPFreeRule):
     """Every unit learns from CE(M_j^T phi(h_j), y) with a fixed simplex ETF M_j, through the
     analytic gradient M_j (softmax(M_j^T phi(h_j)) - y); the last unit is the trained classifier.
-    The SGR penalty between neighbouring units is logged (as `sgr/k`) but not trained on."""
+    Without the sgr coupling the SGR penalty between neighbouring units is logged (as `sgr/k`) but
+    not trained on; with it (sgr-bpfree) it is."""
 
     name = "layerwise-bpfree"
     summary = "BP-free layer-wise learning with fixed simplex-ETF local heads (SGR Table 4, --split layer)"
-    uses_aux_heads = True
-    # the penalty is measured with these settings; sgr-bpfree turns them into options
-    sgr_lambda = 0.0
-    sgr_norm = "l2"
-    sgr_reduction = "mean"
-    sgr_grad = "exact"
+    estimator = "bpfree"
+    default_objective = "etf"
+    objectives = ("etf",)
+    couplings = ("none", "sgr")
+    refusals = {**BP_FREE_REFUSALS,
+                "global": "its units learn from local losses (the etf heads); for the end-to-end error use method "
+                          "fa, dfa, drtp or pepita"}
 
-    etf_features: str = option("pool", "what the fixed ETF head of a unit sees: pool = the global average of "
-                                       "each channel of the unit output, flatten = every value", FEATURES)
-    reforward: bool = reforward_option(False)
+    @property
+    def etf_features(self) -> str:
+        return self.objective.etf_features
 
-    def __post_init__(self):
-        if self.etf_features not in FEATURES:
-            raise ValueError(f"unknown --etf-features {self.etf_features!r}; choose one of: {', '.join(FEATURES)}")
-
-    def build_head(self, model, k, layers, head, head_kwargs) -> nn.Module:
-        return nn.Identity()  # the ETF is fixed rule state, not a trained head
+    @property
+    def sgr(self) -> SGROptions:
+        """The SGR settings: the sgr coupling's, or lambda = 0 (measured only)."""
+        return self.coupling if isinstance(self.coupling, SGROptions) else LOGGED_ONLY
 
     def make_matrices(self, model, generator):
         matrices = {}
@@ -219,61 +272,54 @@ class LayerwiseBPFree(BPFreeRule):
 
     def unit_step(self, module: LocalModule, unit: Unit, x: torch.Tensor, y: torch.Tensor,
                   previous: torch.Tensor | None):
-        reconcile = previous is not None and self.sgr_lambda > 0
+        sgr = self.sgr
+        reconcile = previous is not None and sgr.sgr_lambda > 0
+        exact = getattr(self.coupling, "sgr_grad", "exact") == "exact"
         inputs = detached_input(x, requires_grad=previous is not None)
         out = unit(inputs)
-        logits, output_gradient = self.local_error(unit, out, y, reconcile and self.sgr_grad == "exact")
+        logits, output_gradient = self.local_error(unit, out, y, reconcile and exact)
         handed_on = held(output_gradient.detach())  # dL/dout for the next unit's penalty, counted while kept
         params = unit.parameters()
         module.optimizer.zero_grad(set_to_none=True)
         if reconcile:
             # "exact": dL/dx through dL/dout(out(theta)) too; "appendix-d": dL/dout held fixed (eq. 35)
-            input_gradient, = torch.autograd.grad(out, inputs, output_gradient, create_graph=True)
-            penalty = sgr_penalty(input_gradient, previous, self.sgr_norm, self.sgr_reduction)
-            torch.autograd.backward([out, self.sgr_lambda * penalty], [output_gradient.detach(), None],
-                                    inputs=params)
+            input_gradient, = module.grad(out, inputs, output_gradient, create_graph=True)
+            penalty = sgr_penalty(input_gradient, previous, sgr.sgr_norm, sgr.sgr_reduction)
+            module.backward([out, sgr.sgr_lambda * penalty], [output_gradient.detach(), None], inputs=params)
         else:
             seen: dict[str, torch.Tensor] = {}
-            if previous is not None:
-                inputs.register_hook(lambda g: seen.__setitem__("inputs", held(g)))
-            out.backward(output_gradient)
-            penalty = sgr_penalty(seen["inputs"], previous, self.sgr_norm, self.sgr_reduction) \
+            if previous is not None:  # scaled under --amp fp16; kept as the gradient itself
+                inputs.register_hook(lambda g: seen.__setitem__("inputs", held(module.unscale(g))))
+            module.backward(out, output_gradient)
+            penalty = sgr_penalty(seen["inputs"], previous, sgr.sgr_norm, sgr.sgr_reduction) \
                 if previous is not None else None
-        module.optimizer.step()
-        if self.reforward and unit is not self.classifier:
+        module.step()
+        if self.coupling.reforward and unit is not self.classifier:
             with torch.no_grad(), _frozen_statistics(unit):
                 out = unit(inputs.detach())
         return out.detach(), handed_on, logits, None if penalty is None else penalty.detach()
 
 
 @RULES.register("sgr-bpfree")
-@dataclass
-class SGRBPFree(LayerwiseBPFree, SGROptions):
+class SGRBPFree(LayerwiseBPFree):
     """layerwise-bpfree where unit j >= 2 also minimises lambda * L^SGR(dL_j/dx_{j-1}, dL_{j-1}/dx_{j-1})
-    (eq. 5-6); the input gradient is taken by autograd inside the one unit."""
+    (eq. 5-6); the input gradient is taken by autograd inside the one unit: objective etf x
+    coupling sgr x the bpfree estimator."""
 
     name = "sgr-bpfree"
     summary = "BP-free SGR: fixed ETF heads + successive gradient reconciliation (SGR Table 4, --split layer)"
-
-    sgr_grad: str = option("exact", "BP-free SGR gradient: exact = through everything inside the unit, "
-                                    "appendix-d = dL/d(output) held fixed as in eq. (35)", SGR_GRADIENTS)
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.check_sgr_options()
-        if self.sgr_grad not in SGR_GRADIENTS:
-            raise ValueError(f"unknown --sgr-grad {self.sgr_grad!r}; choose one of: {', '.join(SGR_GRADIENTS)}")
+    default_coupling = "sgr"
 
 
 # ------------------------------------------------------------------------ global-error rules
 @RULES.register("fa")
-@dataclass
 class FeedbackAlignment(BPFreeRule):
     """Lillicrap et al. 2016: back-propagation of the output error in which every transform sends
     the gradient to its input through a fixed random B_l (same shape and init as W_l) instead of W_l."""
 
     name = "fa"
     summary = "feedback alignment: BP with fixed random feedback weights (SGR Table 4, --split layer)"
+    estimator = "fa"
 
     def make_matrices(self, model, generator):
         matrices = {}
@@ -292,9 +338,7 @@ class FeedbackAlignment(BPFreeRule):
         for unit in self.hidden + [self.classifier]:
             h = unit(h, feedback=self.matrices[unit.key])
         loss = F.cross_entropy(h, y)
-        self._zero_all(net)
-        loss.backward()
-        self._step_all(net)
+        step_all(net, loss)  # one loss for every module, as bp (one loss scale under --amp fp16)
         stats: Stats = {}
         record(stats, len(net) - 1, loss, h, y)
         return stats
@@ -314,19 +358,19 @@ class _DirectProjection(BPFreeRule):
     def classifier_step(self, net: ModularNet, h: torch.Tensor, y: torch.Tensor, stats: Stats) -> torch.Tensor:
         logits = self.classifier(detached_input(h))
         loss = F.cross_entropy(logits, y)
-        loss.backward()
+        net[-1].backward(loss)
         record(stats, len(net) - 1, loss, logits, y)
         return logits
 
 
 @RULES.register("dfa")
-@dataclass
 class DirectFeedbackAlignment(_DirectProjection):
     """Nokland 2016: after a full forward pass, hidden unit j gets B_j e at its output, with
     e = dCE/dlogits = (softmax - y)/N; no error passes between units."""
 
     name = "dfa"
     summary = "direct feedback alignment: output error through fixed random B_j (SGR Table 4, --split layer)"
+    estimator = "dfa"
 
     def train_step(self, net, x, y, active) -> Stats:
         self._matrices_to(x.device)
@@ -339,13 +383,12 @@ class DirectFeedbackAlignment(_DirectProjection):
         logits = self.classifier_step(net, h, y, stats)
         error = (torch.softmax(logits.detach(), 1) - F.one_hot(y, self.num_classes).to(logits.dtype)) / len(y)
         for unit, out in zip(self.hidden, outputs):
-            out.backward(self.projected(unit, error, out))
+            self.owner[unit.key].backward(out, self.projected(unit, error, out))
         self._step_all(net)
         return stats
 
 
 @RULES.register("drtp")
-@dataclass
 class DirectRandomTargetProjection(_DirectProjection):
     """Frenkel et al. 2021: hidden unit j gets B_j y / N at its output (the one-hot target replaces the
     output error, so unit j updates as soon as its forward pass is done; the sign follows the
@@ -353,6 +396,7 @@ class DirectRandomTargetProjection(_DirectProjection):
 
     name = "drtp"
     summary = "direct random target projection: the target through fixed random B_j (SGR Table 4, --split layer)"
+    estimator = "drtp"
 
     def train_step(self, net, x, y, active) -> Stats:
         self._matrices_to(x.device)
@@ -363,17 +407,17 @@ class DirectRandomTargetProjection(_DirectProjection):
             module.optimizer.zero_grad(set_to_none=True)
             for unit in units:
                 out = unit(detached_input(h))
-                out.backward(self.projected(unit, target, out))
+                module.backward(out, self.projected(unit, target, out))
                 h = out.detach()
             if not module.is_last:
-                module.optimizer.step()
+                module.step()
         self.classifier_step(net, h, y, stats)
-        net[-1].optimizer.step()
+        net[-1].step()
         return stats
 
 
 @RULES.register("pepita")
-@dataclass
+@dataclass(init=False)
 class Pepita(BPFreeRule):
     """Dellaferrera & Kreiman 2022: a standard forward pass gives e = softmax - y; a second pass of
     the modulated input x + F e gives h^mod; then dW_l = (h_l - h_l^mod)/N (h_{l-1}^mod)^T for
@@ -383,6 +427,7 @@ class Pepita(BPFreeRule):
 
     name = "pepita"
     summary = "PEPITA: two forward passes with an error-modulated input (SGR Table 4, --split layer)"
+    estimator = "pepita"
 
     pepita_scale: float = option(0.05, "scale of the fixed input projection F: entries U(-1,1) * scale * "
                                        "sqrt(6/input size) (the PEPITA paper's 0.05)")
@@ -423,7 +468,8 @@ class Pepita(BPFreeRule):
         for unit, z, delta in zip(units, modulated_inputs, deltas):
             # the "outer product" delta (h_{l-1}^mod)^T is the weight gradient of the transform at z
             out = unit.transform(z.detach())
-            out.backward(delta / len(y), inputs=[p for p in unit.transform.parameters() if p.requires_grad])
+            self.owner[unit.key].backward(out, delta / len(y),
+                                          inputs=[p for p in unit.transform.parameters() if p.requires_grad])
         self._step_all(net)
         stats: Stats = {}
         record(stats, len(net) - 1, F.cross_entropy(logits, y), logits, y)

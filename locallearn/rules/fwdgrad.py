@@ -1,4 +1,5 @@
-"""Forward gradients with local guesses (Fournier, Rivaud, Belilovsky, Eickenberg, Oyallon, ICML 2023).
+"""Forward gradients with local guesses (Fournier, Rivaud, Belilovsky, Eickenberg, Oyallon, ICML 2023):
+the `fwdgrad` estimator and preset (objective head x coupling none x forward gradient).
 
 Every block but the last is updated with an estimate of a *gradient target* built from a
 *gradient guess* and directional derivatives (eq. 1, helpers in `forward_gradient.py`):
@@ -6,7 +7,8 @@ Every block but the last is updated with an estimate of a *gradient target* buil
     target  global        the end-to-end loss (the classifier's cross-entropy)
             local         the block's own auxiliary loss
             intermediate  the auxiliary loss of the next block (the end-to-end loss for block K-2)
-    guess   local         gradient of the block's trained auxiliary loss (--head fg-cnn/fg-mlp/fg-linear)
+    guess   local         gradient of the block's trained auxiliary loss (--head fg-cnn/fg-mlp/fg-linear,
+                          or any objective: --guess-head auglocal|infopro|predsim|HEAD)
             ntk           the same with the auxiliary net re-initialised at every batch
             fixed-ntk     the same with the auxiliary net never trained (appendix B.2)
             gaussian, rademacher   random directions
@@ -22,6 +24,12 @@ Random guesses are normalised in weight space (<g,u>/||u||^2 u) and not in activ
 (<g,u> u), as in the authors' code; --random-scale unbiased drops the normalisation everywhere.
 The last block always gets its true gradient, as in the paper. Auxiliary nets learn from their
 own local loss when they are used as a local guess or define a target (local, intermediate).
+
+The local loss is the objective's (objective.py): the paper's guesses come from "any local loss"
+(section 3.1), so an AugLocal auxiliary net, InfoPro's CE + reconstruction or PredSim's loss can
+give the guess (and the local and intermediate targets). Forward mode (--fwd-mode jvp) takes the
+derivatives of a local or intermediate target through a head's cross-entropy, so with those
+targets it needs an objective whose loss is one (head, auglocal without reconstruction).
 
 `fwd_mode=emulate` (the default; what the authors' code does, appendix A.3): one forward pass
 through the whole network with its graph, then backward passes give the targets and the guesses
@@ -55,6 +63,7 @@ from ..module_state import frozen_batchnorm_statistics
 from ..network import LocalModule, ModularNet
 from ..per_sample import BlockTensors
 from .base import Rule, Stats, detached_input, option, record
+from .objective import IMAGE
 from .registry import RULES
 
 TARGETS = ("global", "local", "intermediate")
@@ -139,14 +148,25 @@ class _ExplicitTarget:
 
 
 @RULES.register("fwdgrad")
-@dataclass
+@dataclass(init=False)
 class ForwardGradient(Rule):
     """Forward-gradient estimates of a target gradient projected on a guess, per block."""
 
     name = "fwdgrad"
     summary = "forward gradient: a global/local/intermediate target projected on a local, NTK or random guess"
+    estimator = "fwdgrad"
+    objectives = ("head", "auglocal", "infopro", "predsim")
+    refusals = {
+        "etf": "a forward gradient's guess is the gradient of a trained auxiliary loss; the etf heads are fixed "
+               "(method layerwise-bpfree)",
+        "global": "a forward gradient projects a target on a local guess: it needs a local objective "
+                  "(--guess gaussian/rademacher needs no head at all)",
+        "coupling": "fwdgrad estimates each block's update by projecting a target gradient on a guess; a coupling "
+                    "changes the update itself (its --target intermediate brings the next block's loss in)",
+    }
     compilable = False
     compilable_reason = "forward-mode derivatives (JVPs)"
+    fp16_reason = "its directional derivatives (JVPs) and estimates are not loss-scaled"
 
     target: str = option("global", "gradient target: global = end-to-end loss, local = the block's auxiliary "
                                    "loss, intermediate = the next block's auxiliary loss", TARGETS)
@@ -197,9 +217,17 @@ class ForwardGradient(Rule):
         if self.projection_granularity == "block" and self.space == "activity":
             raise ValueError("--projection-granularity block is a weight-space option (activity space projects "
                              "per sample); use --space weight or drop it")
-        # random guesses of a global target use no auxiliary net at all
-        self.uses_aux_heads = not (self.random_guess and self.target == "global")
+        if self.fwd_mode == "jvp" and self.target != "global" and not self.objective.head_cross_entropy:
+            raise ValueError(f"--fwd-mode jvp takes the derivatives of a {self.target} target through a head's "
+                             f"cross-entropy; the {self.objective.name} objective's loss is not one: use --fwd-mode "
+                             f"emulate or --target global")
         self._tensors: dict[int, BlockTensors] = {}
+        self._image: torch.Tensor | None = None  # the step's input, for objectives that reconstruct it
+
+    @property
+    def uses_aux_heads(self) -> bool:
+        """Random guesses of a global target use no auxiliary net at all."""
+        return self.objective.uses_aux_heads and not (self.random_guess and self.target == "global")
 
     @property
     def random_guess(self) -> bool:
@@ -219,6 +247,7 @@ class ForwardGradient(Rule):
         return not self.random_guess or (self.random_scale == "authors" and self.space == "weight")
 
     def setup(self, net: ModularNet) -> None:
+        super().setup(net)
         dropout = [m for m in net.model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
         if self.fwd_mode == "jvp" and dropout:
             raise UserError("fwdgrad --fwd-mode jvp re-runs later blocks to take directional derivatives, so "
@@ -232,6 +261,7 @@ class ForwardGradient(Rule):
         if sorted(active) != list(range(len(net))):
             raise UserError("fwdgrad trains all modules together; it has a single phase")
         stats: Stats = {}
+        self._image = x
         if self.guess == "ntk":  # a fresh random auxiliary net for every batch (section 3.1)
             for module in net.local_modules[:-1]:
                 for m in module.head.modules():
@@ -441,12 +471,10 @@ class ForwardGradient(Rule):
 
     # --------------------------------------------------------------------------- parts
     def _local_loss(self, module: LocalModule, output: torch.Tensor, y: torch.Tensor, stats: Stats):
+        """The objective's loss of block k: what the guess (and a local target) differentiates."""
         if not self.uses_aux_heads:
             return None
-        logits = module.head(output)
-        loss = F.cross_entropy(logits, y)
-        record(stats, module.index, loss, logits, y)
-        return loss
+        return self.objective.local_loss(module, None, output, y, {IMAGE: self._image}, stats)
 
     def _guess(self, module: LocalModule, local_loss, wrt: list[torch.Tensor], noise_like: list[torch.Tensor],
                keep_graph: bool):

@@ -1,4 +1,5 @@
-"""InfoPro (Wang et al., ICLR 2021) as AugLocal's baseline: cross-entropy + a reconstruction loss.
+"""InfoPro (Wang et al., ICLR 2021) as AugLocal's baseline: the `infopro` objective, cross-entropy + a
+reconstruction loss, and the `infopro` preset (objective infopro x coupling none x back-propagation).
 
 Module k < K-1 minimises   lambda_x(k) * L_recon(k) + lambda_y(k) * CE(k)   where
 
@@ -12,8 +13,8 @@ Module k < K-1 minimises   lambda_x(k) * L_recon(k) + lambda_y(k) * CE(k)   wher
   module 0 to (recon_weight_last, ce_weight_last) at module K-2; the defaults (5, 0.05) -> (0.2, 0.5)
   are InfoPro's (and AugLocal's) setting for ResNet-32 with K = 16.
 
-The image every module reconstructs travels in the `message` of `module_step`: module 0 reads it
-as its input and hands it on, as a pipeline stage would send it downstream.
+The image every module reconstructs travels in the `message` of `module_step` (`needs_image`):
+module 0 reads it as its input and hands it on, as a pipeline stage would send it downstream.
 The decoder and `WithDecoder` are shared with AugLocal + InfoPro (Table 13).
 """
 from __future__ import annotations
@@ -29,8 +30,10 @@ from ..errors import UserError
 from ..models import LayeredModel
 from ..models.common import batchnorm, conv, global_pool_flatten, init_weights
 from ..network import LocalModule, ModularNet
-from .base import LocalRule, Stats, option, record
-from .registry import RULES
+from .backprop import LocalRule
+from .base import Stats, option, record
+from .objective import IMAGE, Objective
+from .registry import OBJECTIVES, RULES
 
 
 def reconstruction_target(image: torch.Tensor) -> torch.Tensor:
@@ -107,28 +110,20 @@ def infopro_classifier(model: LayeredModel, j: int, hidden: int = 128) -> nn.Seq
     return net
 
 
-def step_with_image(step, module: LocalModule, x: torch.Tensor, y: torch.Tensor, message: dict,
-                    stats: Stats) -> tuple[torch.Tensor, dict]:
-    """A `LocalRule.module_step` (`step`) whose module reconstructs the input image: the first
-    module's input is the image, every later module gets it in the message and hands it on."""
-    image = message.get("image", x)
-    outputs, _ = step(module, x, y, {"image": image}, stats)
-    return outputs, {"image": image}
-
-
 def linear_schedule(first: float, last: float, k: int, n_modules: int) -> float:
     """first at module 0, last at module K-2 (the last with an auxiliary loss), linear between."""
     ratio = k / (n_modules - 2) if n_modules > 2 else 0.0
     return first * (1 - ratio) + last * ratio
 
 
-@RULES.register("infopro")
+@OBJECTIVES.register("infopro")
 @dataclass
-class InfoPro(LocalRule):
+class InfoProObjective(Objective):
     """Every module but the last minimises lambda_x * reconstruction + lambda_y * cross-entropy."""
 
     name = "infopro"
-    summary = "InfoPro: local cross-entropy + reconstruction of the input image (AugLocal's baseline)"
+    summary = "InfoPro: cross-entropy + reconstruction of the input image (weights scheduled over the modules)"
+    needs_image = True
 
     recon_weight_first: float = option(5.0, "InfoPro: weight of the reconstruction loss at the first module")
     recon_weight_last: float = option(0.2, "InfoPro: weight of the reconstruction loss at module K-2")
@@ -166,7 +161,7 @@ class InfoPro(LocalRule):
         if module.is_last:
             loss = cross_entropy
         else:
-            reconstruction = module.head.reconstruction_loss(outputs, message["image"])
+            reconstruction = module.head.reconstruction_loss(outputs, message[IMAGE])
             recon_weight, ce_weight = self.loss_weights(module.index)
             loss = recon_weight * reconstruction + ce_weight * cross_entropy
             stats[f"recon/{module.index}"] = reconstruction.detach()
@@ -174,6 +169,11 @@ class InfoPro(LocalRule):
         record(stats, module.index, loss, logits, y)
         return loss
 
-    def module_step(self, module: LocalModule, x: torch.Tensor, y: torch.Tensor, message: dict,
-                    stats: Stats) -> tuple[torch.Tensor, dict]:
-        return step_with_image(super().module_step, module, x, y, message, stats)
+
+@RULES.register("infopro")
+class InfoPro(LocalRule):
+    """InfoPro as AugLocal's baseline trains it: objective infopro x coupling none x back-propagation."""
+
+    name = "infopro"
+    summary = "InfoPro: local cross-entropy + reconstruction of the input image (AugLocal's baseline)"
+    default_objective = "infopro"

@@ -1,4 +1,5 @@
-"""PredSim (Nøkland & Eidnes, ICML 2019) as AugLocal's baseline: prediction + similarity matching.
+"""PredSim (Nøkland & Eidnes, ICML 2019) as AugLocal's baseline: the `predsim` objective, prediction +
+similarity matching, and the `predsim` preset (objective predsim x coupling none x back-propagation).
 
 Module k < K-1 minimises   (1 - beta) * CE(pred(h), y) + beta * MSE(S(sim(h)), S(onehot(y)))   with,
 as in the authors' code (github.com/anokland/local-loss, `LocalLossBlockConv`):
@@ -33,8 +34,10 @@ from ..errors import UserError
 from ..models import LayeredModel
 from ..models.common import conv
 from ..network import LocalModule
-from .base import LocalRule, Stats, option, record
-from .registry import RULES
+from .backprop import LocalRule
+from .base import Stats, option, record
+from .objective import Objective
+from .registry import OBJECTIVES, RULES
 
 _AVG_POOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d}
 
@@ -103,13 +106,13 @@ class PredSimHead(nn.Module):
         return similarity_matching_loss(self.similarity(features), y, self.num_classes)
 
 
-@RULES.register("predsim")
+@OBJECTIVES.register("predsim")
 @dataclass
-class PredSim(LocalRule):
+class PredSimObjective(Objective):
     """Every module but the last minimises (1 - beta) * prediction loss + beta * similarity loss."""
 
     name = "predsim"
-    summary = "PredSim: local prediction (cross-entropy) + similarity-matching loss (AugLocal's baseline)"
+    summary = "PredSim: (1 - beta) prediction cross-entropy + beta similarity matching"
 
     predsim_beta: float = option(0.99, "PredSim: weight beta of the similarity-matching loss "
                                        "(the prediction loss gets 1 - beta)")
@@ -141,3 +144,12 @@ class PredSim(LocalRule):
             stats[f"pred/{module.index}"] = prediction.detach()
         record(stats, module.index, loss, logits, y)
         return loss
+
+
+@RULES.register("predsim")
+class PredSim(LocalRule):
+    """PredSim as AugLocal's baseline trains it: objective predsim x coupling none x back-propagation."""
+
+    name = "predsim"
+    summary = "PredSim: local prediction (cross-entropy) + similarity-matching loss (AugLocal's baseline)"
+    default_objective = "predsim"
