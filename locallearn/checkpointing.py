@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import random
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from .config import OPTIMISATION_CHANGES, RESUMABLE_CHANGES, TrainConfig
@@ -155,3 +157,25 @@ def resumed_config(out: str | Path, given: dict) -> tuple[TrainConfig, dict]:
     except TypeError as error:
         raise UserError(f"{path} is not a locallearn checkpoint: {error}") from None
     return cfg, state
+
+
+def rng_state(augment_generator: torch.Generator) -> dict:
+    """Every random number generator a run draws from, as tensors and plain data (weights-only):
+    numpy's state array goes in as a tensor."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                      "has_gauss": has_gauss, "cached_gaussian": cached_gaussian},
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "augment": augment_generator.get_state()}
+
+
+def restore_rng_state(state: dict, augment_generator: torch.Generator) -> None:
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    augment_generator.set_state(state["augment"])

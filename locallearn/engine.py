@@ -31,20 +31,20 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
 from .balance import LayerProfile, check_profilable, plan_balanced_split, profile_layers
 from .checkpointing import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, HEADS_NAME, MODEL_NAME, checkpoint_path, first_line,
-                            load_checkpoint, prepare_out_dir, save_json, save_text, save_torch)
+                            load_checkpoint, prepare_out_dir, restore_rng_state, rng_state, save_json, save_text,
+                            save_torch)
+from .evaluation import evaluate
 from .config import OPTIMISATION_CHANGES, RESUMABLE_CHANGES, TrainConfig
 from .data import AUGMENT_CHOICES, load_dataset
 from .errors import Interrupted, NonFiniteLoss, UserError
 from .heads import HEADS
 from .measure import measure_step
 from .models import create_model
-from .module_state import evaluation_mode
 from .network import ModularNet
 from .optim import make_optimizer, make_scheduler
 from .rules import Rule
@@ -84,61 +84,6 @@ def _synchronize(device: torch.device) -> None:
 def _stat_column(key: str) -> str:
     name, _, module = key.partition("/")
     return f"train_{name}_m{module}" if module else f"train_{name}"
-
-
-class Tally:
-    """Counts behind the evaluation metrics: top-1/top-5/loss of the network's output and the top-1
-    of every module's own head. Tallies of the stages of a pipeline add up (`merged`)."""
-
-    def __init__(self, n_modules: int):
-        self.counts = {"local": [0] * n_modules, "top1": 0, "top5": 0, "loss": 0.0, "n": 0}
-
-    def add_local(self, k: int, logits: torch.Tensor, y: torch.Tensor) -> None:
-        self.counts["local"][k] += int((logits.argmax(1) == y).sum())
-
-    def add_output(self, logits: torch.Tensor, y: torch.Tensor) -> None:
-        c = self.counts
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        c["top1"] += int((top[:, 0] == y).sum())
-        c["top5"] += int((top == y[:, None]).any(1).sum())
-        c["loss"] += float(F.cross_entropy(logits, y, reduction="sum"))
-        c["n"] += len(y)
-
-    @staticmethod
-    def merged(parts: list[dict]) -> "Tally":
-        tally = Tally(len(parts[0]["local"]))
-        for part in parts:
-            for key, value in part.items():
-                tally.counts[key] = ([a + b for a, b in zip(tally.counts[key], value)] if key == "local"
-                                     else tally.counts[key] + value)
-        return tally
-
-    def metrics(self, scored: list[bool], n_samples: int) -> dict:
-        """`scored[k]`: whether module k has a head to score (the last one always has)."""
-        c = self.counts
-        return {"top1": 100.0 * c["top1"] / c["n"], "top5": 100.0 * c["top5"] / c["n"], "loss": c["loss"] / c["n"],
-                "local_top1": [100.0 * hits / n_samples if s else None for hits, s in zip(c["local"], scored)]}
-
-
-def scored_modules(net: ModularNet, rule: Rule) -> list[bool]:
-    return [rule.uses_aux_heads or module.is_last for module in net]
-
-
-@torch.no_grad()
-def evaluate(net: ModularNet, rule: Rule, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict:
-    """Top-1/top-5 and loss of the whole network, and the top-1 of every module's own head."""
-    tally = Tally(len(net))
-    scored = scored_modules(net, rule)
-    with evaluation_mode(net):
-        for x, y in batches:
-            h = x
-            for module in net:
-                h = module(h)
-                if scored[module.index]:
-                    logits = rule.logits(module, h)
-                    tally.add_local(module.index, logits, y)
-            tally.add_output(logits, y)
-    return tally.metrics(scored, tally.counts["n"])
 
 
 @dataclass
@@ -585,7 +530,6 @@ class Trainer:
         bad = self._non_finite_state()
         if bad is not None:
             raise NonFiniteLoss(f"{bad} is NaN or infinite", self.position.global_step, self._what_is_kept())
-        numpy_rng = np.random.get_state()
         elapsed = time.perf_counter() - self._epoch_started
         elapsed_cpu = time.process_time() - self._epoch_cpu_started
         state = {
@@ -601,11 +545,7 @@ class Trainer:
             "measurements": self.measurements, "resumes": self.resumes,
             "epoch": {"sums": {k: float(v) for k, v in self._epoch_sums.items()}, "reported": self._epoch_reported,
                       "count": self._epoch_count, "seconds": self._epoch_elapsed()} if self.position.batch else None,
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                    "numpy": {"name": numpy_rng[0], "keys": torch.from_numpy(numpy_rng[1].astype(np.int64)),
-                              "pos": numpy_rng[2], "has_gauss": numpy_rng[3], "cached_gaussian": numpy_rng[4]},
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                    "augment": self._augment_generator.get_state()},
+            "rng": rng_state(self._augment_generator),
         }
         save_torch(state, self.out / CHECKPOINT_NAME)
         self.saved_step = self.position.global_step
@@ -623,16 +563,7 @@ class Trainer:
                     module.scaler.load_state_dict(scaler_state)
             self.rule.load_state_dict(state["rule"])
             self.position = Position(**state["position"])
-            rng = state["rng"]
-            numpy_rng = rng["numpy"]
-            numpy_rng = (numpy_rng["name"], numpy_rng["keys"].numpy().astype(np.uint32), numpy_rng["pos"],
-                         numpy_rng["has_gauss"], numpy_rng["cached_gaussian"])
-            torch.set_rng_state(rng["torch"])
-            np.random.set_state(numpy_rng)
-            random.setstate(rng["python"])
-            if rng["cuda"] is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            self._augment_generator.set_state(rng["augment"])
+            restore_rng_state(state["rng"], self._augment_generator)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise UserError(f"the checkpoint in {self.out or 'the given state'} does not fit this run "
                             f"({self.cfg.model}, {len(self.net)} modules): {first_line(error)}") from None

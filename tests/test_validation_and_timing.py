@@ -43,7 +43,7 @@ def test_a_run_with_a_validation_split_reports_and_logs_val_top1(tmp_path):
     trainer = Trainer(tiny_config(val_split=0.25, epochs=2, out=str(tmp_path)))
     result = trainer.fit()
     assert trainer.data.num_train == 96 and trainer.data.eval_size("val") == 32  # 25 % of 128, every class
-    from locallearn.engine import evaluate
+    from locallearn.evaluation import evaluate
 
     expected = evaluate(trainer.net, trainer.rule, trainer.data.eval_batches("val", 32))
     assert result["val_top1"] == pytest.approx(expected["top1"]) and result["val_split"] == 0.25

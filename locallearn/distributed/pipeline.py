@@ -41,7 +41,8 @@ import torch.distributed as dist
 from ..balance import LayerProfile
 from ..checkpointing import CHECKPOINT_NAME, load_checkpoint, save_json
 from ..config import TrainConfig
-from ..engine import Tally, Trainer, scored_modules
+from ..engine import Trainer
+from ..evaluation import Tally, scored_modules
 from ..errors import UserError
 from ..module_state import evaluation_mode
 from ..rules import LocalRule
