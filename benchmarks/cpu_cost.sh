@@ -3,13 +3,15 @@
 # in one bench per line: CIFAR-sized generated data (3x32x32), batch 128, 2 threads, a few steps.
 # Usage: benchmarks/cpu_cost.sh spine|sgr|sgr-interleaved|auglocal|backlink|backlink-recompute|fwdgrad|pipeline [OUT_DIR]
 # Run on a quiet machine: step times are medians, but the ratios still move with other load.
+# Env: HEADS (pipeline: the auxiliary heads to run, default "conv linear"); TIMING_ROUNDS (default 5;
+# 0 = memory and FLOPs only, step times then are the runs' own medians).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:?spine|sgr|sgr-interleaved|auglocal|backlink|backlink-recompute|fwdgrad|pipeline}
 out=${2:-runs/bench-cost-$what}
 ll=${LOCALLEARN:-.venv/bin/locallearn}
 img=(--dataset synthetic --dataset-kwargs shape=3x32x32 train=1280 test=128 --batch-size 128 --threads 2
-     --no-progress --epochs 1)
+     --no-progress --epochs 1 --seeds 0 --timing-rounds "${TIMING_ROUNDS:-5}")  # one seed: cost, not accuracy
 
 case $what in
   spine)  # issue 2: dgl vs bp at K=16 with both heads; activation memory of dgl/checkpoint on ResNet-110
@@ -46,12 +48,12 @@ case $what in
     # through the BNs (hundreds per block), so the jvp lines project per block, in one sweep (the
     # default) and per block; the emulation runs both granularities.
     $ll bench --dataset synthetic --dataset-kwargs shape=3x32x32 train=320 test=64 --batch-size 32 --threads 2 \
-      --no-progress --epochs 1 --model resnet18 --model-kwargs stem=cifar --modules 8 --head fg-cnn --max-steps 3 \
+      --no-progress --epochs 1 --seeds 0 --model resnet18 --model-kwargs stem=cifar --modules 8 --head fg-cnn --max-steps 3 \
       --methods bp,dgl,fwdgrad:fwd-mode=jvp:projection-granularity=block,fwdgrad:fwd-mode=jvp:projection-granularity=block:jvp-schedule=per-block,fwdgrad:fwd-mode=emulate:projection-granularity=block,fwdgrad:fwd-mode=emulate \
       --target global --guess local --space weight --out "$out/resnet18" ;;
   pipeline)  # issues 7 and 16: dgl throughput, async pipeline of 2 processes x 1 thread vs 1 process x 1 and 2 threads,
     # the even split against --split balanced (cut by a profile of the step), each K's two splits back to back
-    for head in conv linear; do
+    for head in ${HEADS:-conv linear}; do  # HEADS=conv: one of the two
       $ll bench-pipeline --methods dgl --model resnet32 --dataset synthetic --dataset-kwargs shape=3x32x32 train=5120 \
         test=128 --batch-size 128 --modules 2,4 --splits even balanced --processes 2 --max-steps 40 --head $head \
         --no-progress --out "$out/$head"

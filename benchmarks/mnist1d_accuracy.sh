@@ -9,6 +9,8 @@
 # split of 10 % of the training set, from LR_GRID; the test top-1 of the chosen lr is its result
 # (bench prints all settings, then the choices). Option sweeps (lambda, alpha, d) are separate
 # rows, each with its own chosen lr, so that their effect is read at a fair lr.
+# Env: LR_GRID (the lr grid; default 0.02,0.05,0.1, fwdgrad 0.005,0.02,0.05, bpfree 0.005,0.02,0.05),
+# MODULES (sgr, sgr-every: the K to run, default 4,8), SPACES (fwdgrad: default "weight activity").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:?sgr|sgr-every|bpfree|auglocal|backlink|fwdgrad}
@@ -31,9 +33,11 @@ case $what in
     methods=bp,dgl
     for m in 1 2 4 8; do methods+=",sgr:sgr-lambda=100:sgr-every=$m"; done
     methods+=",sgr:sgr-lambda=100:sgr-subbatch=0.25"
-    $ll bench "${narrow_cnn[@]}" "${common[@]}" --modules 4,8 --methods "$methods" ;;
-  bpfree)  # issue 3: the BP-free table (SGR Table 4) on a 4-layer MLP, one module per layer
-    $ll bench --model mlp --split layer --epochs 20 --seeds 0,1,2 --threads 1 --no-progress --no-measure --out "$out" \
+    $ll bench "${narrow_cnn[@]}" "${common[@]}" --modules "${MODULES:-4,8}" --methods "$methods" ;;
+  bpfree)  # issue 3: the BP-free table (SGR Table 4) on a 4-layer MLP, one module per layer; every rule's lr
+    # chosen on validation from a grid that reaches down to 0.005 (feedback-alignment rules need smaller ones)
+    $ll bench --model mlp --split layer --epochs 20 --seeds 0,1,2 --threads 1 --no-progress --val-split 0.1 \
+      --lr-grid "${LR_GRID:-0.005,0.02,0.05}" --out "$out" \
       --methods bp,fa,dfa,drtp,pepita,layerwise-bpfree,sgr-bpfree,sgr-bpfree:sgr-lambda=100,sgr-bpfree:sgr-lambda=1000,sgr-bpfree:sgr-reduction=sum:sgr-lambda=1 ;;
   auglocal)  # issue 4: the layer-wise setting, AugLocal d=2,3,4 (the paper's d, classifier included) against its baselines; d=3 also in the former layout
     $ll bench "${narrow_cnn[@]}" "${common[@]}" --split layer \
@@ -48,7 +52,7 @@ case $what in
     # target on a local guess" is compared with local learning on the same head. Every row chooses its
     # own lr on validation (random guesses need smaller ones: the grid reaches down to 0.005).
     methods=bp,dgl,dgl:head=fg-cnn,dgl:head=fg-mlp,dgl:head=fg-linear
-    for space in weight activity; do
+    for space in ${SPACES:-weight activity}; do  # SPACES=weight: the weight-space column only
       for guess in local:head=fg-cnn local:head=fg-mlp local:head=fg-linear ntk gaussian rademacher; do
         methods+=",fwdgrad:target=global:space=$space:guess=$guess:fwd-mode=emulate"
       done

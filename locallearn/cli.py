@@ -181,7 +181,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool, defaults: di
                      help="mixed precision: autocast to bf16, or fp16 with a gradient scaler per module (default: "
                           "full precision)")
     run.add_argument("--channels-last", action="store_true", default=None,
-                     help="NHWC memory layout of 2-d convolutions and their inputs (faster on GPUs)")
+                     help="NHWC memory layout of 2-d convolutions and their inputs, on CUDA (faster on GPUs); "
+                          "ignored with a warning on the CPU, where it crashed PyTorch 2.13")
     run.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
                      help="torch.compile every layer and head (backend: inductor, or e.g. aot_eager to check); "
                           "what cannot be compiled runs eagerly with a warning (SGR, forward gradients)")

@@ -25,6 +25,7 @@ import statistics
 import sys
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -160,7 +161,13 @@ class Trainer:
         self.net = ModularNet(model, ranges, make_head)
         self.rule.setup(self.net)
         self.net.to(self.device)
-        if cfg.channels_last:
+        # NHWC is a GPU layout; on the CPU, PyTorch 2.13's kernels corrupted the heap with it
+        # (glibc abort in the channels-last step test on an AMD EPYC), so it is not applied there
+        self.nhwc = cfg.channels_last and self.device.type == "cuda"
+        if cfg.channels_last and not self.nhwc:
+            warnings.warn("--channels-last applies on CUDA only; ignored on the CPU (its channels-last kernels "
+                          "crashed PyTorch 2.13 in our tests)")
+        if self.nhwc:
             self.net.to(memory_format=torch.channels_last)
         if cfg.amp == "fp16" and not self.rule.scales_losses:
             raise UserError(f"--amp fp16 needs a gradient scaler in every backward of method {cfg.method}, which it "
@@ -331,7 +338,7 @@ class Trainer:
 
     def _evaluate(self, split: str) -> dict:
         batches = self.data.eval_batches(split, self.cfg.batch_size)
-        if self.cfg.channels_last:
+        if self.nhwc:
             batches = ((channels_last(x), y) for x, y in batches)
         return evaluate(self.net, self.rule, batches)
 
@@ -365,7 +372,7 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, active: list[int]) -> dict:
         """One step of the rule on a batch; then the schedulers step and the losses are checked."""
-        if self.cfg.channels_last:
+        if self.nhwc:
             x = channels_last(x)
         try:
             with autocast(self.device, self.cfg.amp):

@@ -330,5 +330,5 @@ class BackLink(LocalRule):
     objective head x coupling backlink."""
 
     name = "backlink"
-    summary = "BackLink: module k+1's error flows back into the last l layers of module k (weight alpha)"
+    summary = "BackLink: module k+1's error flows back into the last l layers of module k (weight 1 - alpha)"
     default_coupling = "backlink"
