@@ -60,7 +60,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None      # None: the CPU cores this process may use
     amp: str | None = None          # autocast to bf16 or fp16 (with a gradient scaler); None: full precision
-    channels_last: bool = False     # NHWC memory layout for 2-d convolutions (faster on GPUs)
+    channels_last: bool = False     # NHWC memory layout for 2-d convolutions, on CUDA only (faster on GPUs)
     compile: str | None = None      # torch.compile backend for every layer and head (None: eager)
     augment: str | None = None      # None: the dataset's default
     val_split: float = 0.0          # fraction of every class held out of training for validation (0: none)

@@ -25,7 +25,6 @@ import statistics
 import sys
 import threading
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -50,7 +49,7 @@ from .network import ModularNet
 from .optim import make_optimizer, make_scheduler
 from .rules import Rule
 from .rules import make_rule as compose_rule
-from .speed import autocast, channels_last, compile_layers, eager, grad_scaler
+from .speed import autocast, channels_last, channels_last_applies, compile_layers, eager, grad_scaler
 from .split import BALANCED, check_module_count, ranges_from_starts, split_layers
 from .tensorboard_log import TensorBoardLog
 
@@ -161,12 +160,7 @@ class Trainer:
         self.net = ModularNet(model, ranges, make_head)
         self.rule.setup(self.net)
         self.net.to(self.device)
-        # NHWC is a GPU layout; on the CPU, PyTorch 2.13's kernels corrupted the heap with it
-        # (glibc abort in the channels-last step test on an AMD EPYC), so it is not applied there
-        self.nhwc = cfg.channels_last and self.device.type == "cuda"
-        if cfg.channels_last and not self.nhwc:
-            warnings.warn("--channels-last applies on CUDA only; ignored on the CPU (its channels-last kernels "
-                          "crashed PyTorch 2.13 in our tests)")
+        self.nhwc = channels_last_applies(self.device, cfg.channels_last)
         if self.nhwc:
             self.net.to(memory_format=torch.channels_last)
         if cfg.amp == "fp16" and not self.rule.scales_losses:

@@ -35,6 +35,16 @@ def grad_scaler(device: torch.device, amp: str | None):
     return torch.amp.GradScaler(device.type) if amp == "fp16" else None
 
 
+def channels_last_applies(device: torch.device, asked: bool) -> bool:
+    """Whether --channels-last is used: on CUDA only. NHWC is a GPU layout, and on the CPU PyTorch
+    2.13's kernels corrupted the heap with it (glibc abort in the channels-last step test on an AMD
+    EPYC), so there it is ignored with a warning."""
+    if asked and device.type != "cuda":
+        warnings.warn("--channels-last applies on CUDA only; ignored on the CPU (its channels-last kernels "
+                      "crashed PyTorch 2.13 in our tests)", stacklevel=3)
+    return asked and device.type == "cuda"
+
+
 def channels_last(x: torch.Tensor | None) -> torch.Tensor | None:
     return x.contiguous(memory_format=torch.channels_last) if x is not None and x.dim() == 4 else x
 
