@@ -17,7 +17,8 @@
 #   fashion-mnist  ResNet-20 of width 8 on a seeded TRAIN-image training subset (default 5000), linear heads, 4 epochs,
 #                  the idx files installed (apt-get install dataset-fashion-mnist); hours on 2 CPU cores
 # Env: SEEDS (default 0,1,2), EPOCHS, LR_GRID, SGR_LAMBDA (default 10|100), TIMING_ROUNDS (default 3),
-# TRAIN (fashion-mnist), LOCALLEARN (the command). A smoke run of either case: SEEDS=0 EPOCHS=1
+# TRAIN and THREADS (fashion-mnist; THREADS=1 when two benchmarks share the cores), LOCALLEARN (the
+# command). A smoke run of either case: SEEDS=0 EPOCHS=1
 # LR_GRID=0.05 SGR_LAMBDA=10 TIMING_ROUNDS=1 (and TRAIN=500).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,6 @@ case $what in
       --lr-grid "${LR_GRID:-0.02,0.05,0.1}" "${common[@]}" ;;
   fashion-mnist)
     $ll bench --dataset fashion-mnist --dataset-kwargs "train=${TRAIN:-5000}" --model resnet20 --model-kwargs width=8 \
-      --epochs "${EPOCHS:-4}" --batch-size 128 --threads 2 --lr-grid "${LR_GRID:-0.02,0.1}" "${common[@]}" ;;
+      --epochs "${EPOCHS:-4}" --batch-size 128 --threads "${THREADS:-2}" --lr-grid "${LR_GRID:-0.02,0.1}" "${common[@]}" ;;
   *) echo "unknown benchmark $what; choose mnist1d or fashion-mnist" >&2; exit 2 ;;
 esac
