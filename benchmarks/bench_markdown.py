@@ -26,6 +26,8 @@ def main():
     parser.add_argument("--all", action="store_true", help="every row of the grid")
     args = parser.parse_args()
     bench = json.load(open(args.bench_json))
+    if "rows" not in bench:  # the bench writes its runs as they finish and the table at the end
+        raise SystemExit(f"{args.bench_json} has no table yet: its bench has not finished")
     rows = bench["rows"]
     chosen = {(c["family"], c["modules"]): c["chosen"] for c in bench.get("chosen_on_validation", [])}
     if not args.all:
