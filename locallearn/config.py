@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from .errors import UserError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES = ("cosine", "step", "multistep", "constant")
 PIPELINE_SCHEDULES = ("sync", "async")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_DTYPES = ("bf16", "fp16")
@@ -20,7 +20,7 @@ RESUMABLE_CHANGES = ("epochs", "max_steps", "device", "threads", "progress", "ev
 OPTIMISATION_CHANGES = ("lr", "momentum", "weight_decay", "sched", "warmup_epochs")
 
 _TYPE_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
-               "dict": "a mapping of key=value settings", "None": "null"}
+               "dict": "a mapping of key=value settings", "list": "a list", "None": "null"}
 
 
 def _has_type(value, kind: str) -> bool:
@@ -28,7 +28,8 @@ def _has_type(value, kind: str) -> bool:
         return value is None
     if kind in ("int", "float") and isinstance(value, bool):
         return False
-    return isinstance(value, {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict}[kind])
+    return isinstance(value, {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict,
+                              "list": list}[kind])
 
 
 def check_type(flag: str, value, annotation: str) -> None:
@@ -55,6 +56,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     sched: str = "cosine"
+    lr_milestones: list = field(default_factory=list)  # multistep: epochs after which the lr is x lr_decay
+    lr_decay: float = 0.1
     warmup_epochs: float = 0.0
     seed: int = 0
     device: str = "auto"
@@ -63,6 +66,7 @@ class TrainConfig:
     channels_last: bool = False     # NHWC memory layout for 2-d convolutions, on CUDA only (faster on GPUs)
     compile: str | None = None      # torch.compile backend for every layer and head (None: eager)
     augment: str | None = None      # None: the dataset's default
+    crop_padding: int | None = None  # pixels of zero padding before a random crop (None: the size's default)
     val_split: float = 0.0          # fraction of every class held out of training for validation (0: none)
     data_dir: str = "data"
     download: bool = False
@@ -123,10 +127,25 @@ class TrainConfig:
                                      ("device", self.device, DEVICES), ("schedule", self.schedule, PIPELINE_SCHEDULES)):
             if value not in choices:
                 raise UserError(f"unknown --{name} {value!r}; choose one of: {', '.join(choices)}")
+        self._validate_schedule()
+        if self.crop_padding is not None and self.crop_padding < 0:
+            raise UserError(f"--crop-padding must be zero or positive, got {self.crop_padding}")
         if self.resume and not self.out:
             raise UserError("--resume needs --out DIR, the directory of the run to continue")
         if self.tensorboard and not self.out:
             raise UserError("--tensorboard writes under --out DIR/tensorboard: give --out")
+
+    def _validate_schedule(self) -> None:
+        milestones = self.lr_milestones
+        if any(isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m <= 0
+               for m in milestones) or list(milestones) != sorted(milestones):
+            raise UserError(f"--lr-milestones must be increasing positive epochs, e.g. 100,150,175, got {milestones}")
+        if self.sched == "multistep" and not milestones:
+            raise UserError("--sched multistep needs --lr-milestones EPOCHS, e.g. --lr-milestones 100,150,175")
+        if milestones and self.sched != "multistep":
+            raise UserError(f"--lr-milestones applies to --sched multistep, not --sched {self.sched}")
+        if not math.isfinite(self.lr_decay) or not 0 < self.lr_decay <= 1:
+            raise UserError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -131,6 +131,9 @@ class Trainer:
             data = data.with_validation(cfg.val_split)
         self.data = data.to(self.device)
         self.augment = cfg.augment or self.data.default_augment
+        if cfg.crop_padding is not None and (self.augment == "none" or not hasattr(self.data, "x_train")):
+            raise UserError(f"--crop-padding applies to the crop of in-memory images (--augment crop or crop-flip); "
+                            f"here the augmentation is {self.augment!r} on {self.data.name}")
 
         self._seed_everything(cfg.seed)  # the model's initial weights depend only on the seed
         if model is None:
@@ -180,7 +183,7 @@ class Trainer:
         warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
         for module in self.net:
             module.optimizer = make_optimizer(module.trainable_parameters(), cfg)
-            module.scheduler = make_scheduler(module.optimizer, self.phase_steps, warmup, cfg.sched)
+            module.scheduler = make_scheduler(module.optimizer, self.phase_steps, warmup, cfg, self.steps_per_epoch)
 
         self.position = Position()
         self.history: list[dict] = []
@@ -325,7 +328,8 @@ class Trainer:
     def _batches(self):
         """The rest of the current epoch's batches."""
         return self.data.train_batches(self.cfg.batch_size, self._epoch_seed(), self.augment,
-                                       self._augment_generator, start=self.position.batch)
+                                       self._augment_generator, start=self.position.batch,
+                                       crop_padding=self.cfg.crop_padding)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, active: list[int]) -> dict:
         return self.rule.train_step(self.net, x, y, active)

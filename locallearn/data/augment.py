@@ -16,9 +16,11 @@ def _padding(size: int) -> int:
     return 0 if size < 2 else min(4, max(1, size // 8))  # 4 pixels for 32x32, as in CIFAR practice
 
 
-def random_crop(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def random_crop(x: torch.Tensor, generator: torch.Generator, padding: int | None = None) -> torch.Tensor:
+    """Zero-pad every spatial side by `padding` pixels (None: the size's default), then crop back to
+    the original size at a random offset per sample (torchvision's RandomCrop(size, padding))."""
     n, spatial = x.shape[0], x.shape[2:]
-    pads = [_padding(s) for s in spatial]
+    pads = [0 if s < 2 else (_padding(s) if padding is None else padding) for s in spatial]
     if not any(pads):
         return x
     pad_arg = [p for p in reversed(pads) for _ in (0, 1)]  # F.pad wants (last_lo, last_hi, ...)
@@ -39,8 +41,8 @@ def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip.view(-1, *[1] * (x.dim() - 1)), x.flip(-1), x)
 
 
-def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator, crop_padding: int | None = None) -> torch.Tensor:
     if mode == "none" or x.dim() < 3:
         return x
-    x = random_crop(x, generator)
+    x = random_crop(x, generator, crop_padding)
     return random_flip(x, generator) if mode == "crop-flip" else x

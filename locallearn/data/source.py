@@ -121,7 +121,13 @@ class TensorData:
             yield self._prepare(x[start:start + batch_size]), y[start:start + batch_size]
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        return self._standardize(self._to_float(x))
+
+    @staticmethod
+    def _to_float(x: torch.Tensor) -> torch.Tensor:
+        return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+
+    def _standardize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
     def steps_per_epoch(self, batch_size: int, replicas: int = 1) -> int:
@@ -129,7 +135,8 @@ class TensorData:
         return max(1, self.num_train // batch_size // replicas)
 
     def train_batches(self, batch_size: int, epoch_seed: int, augment: str, augment_generator: torch.Generator,
-                      start: int = 0, replicas: int = 1, replica: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                      start: int = 0, replicas: int = 1, replica: int = 0,
+                      crop_padding: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of one epoch in the order fixed by `epoch_seed`, from step `start` on. With data
         parallelism, replica i takes batches i, i + replicas, i + 2 * replicas, ... of that order."""
         order = torch.randperm(self.num_train, generator=torch.Generator().manual_seed(epoch_seed))
@@ -138,8 +145,10 @@ class TensorData:
         for step in range(start, self.steps_per_epoch(batch_size, replicas)):
             batch = step * replicas + replica
             index = order[batch * size:(batch + 1) * size]
-            x = self._prepare(self.x_train[index])
-            yield augment_batch(x, augment, augment_generator), self.y_train[index]
+            # augmented before standardising, so that a crop's padding is black, as torchvision's
+            # RandomCrop pads the image before ToTensor and Normalize
+            x = augment_batch(self._to_float(self.x_train[index]), augment, augment_generator, crop_padding)
+            yield self._standardize(x), self.y_train[index]
 
     def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.eval_batches("test", batch_size)

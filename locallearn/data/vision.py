@@ -116,7 +116,9 @@ class FolderData:
             pin_memory=self.device.type == "cuda", worker_init_fn=lambda worker: torch.manual_seed(seed + worker))
 
     def train_batches(self, batch_size: int, epoch_seed: int, augment: str, augment_generator: torch.Generator,
-                      start: int = 0, replicas: int = 1, replica: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                      start: int = 0, replicas: int = 1, replica: int = 0,
+                      crop_padding: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # crop_padding does not apply: folders of images are cropped by RandomResizedCrop (the engine refuses it)
         order = torch.randperm(self.num_train, generator=torch.Generator().manual_seed(epoch_seed)).tolist()
         steps = range(start, self.steps_per_epoch(batch_size, replicas))
         batches = [order[b * batch_size:(b + 1) * batch_size] for b in (s * replicas + replica for s in steps)]

@@ -175,7 +175,7 @@ class PipelineTrainer(Trainer):
         if self.layout.is_first:
             return self.data.train_batches(self.cfg.batch_size, self._epoch_seed(), self.augment,
                                            self._augment_generator, start=p.batch, replicas=self.layout.replicas,
-                                           replica=self.layout.replica)
+                                           replica=self.layout.replica, crop_padding=self.cfg.crop_padding)
         return ((None, None) for _ in range(p.batch, self.steps_per_epoch))  # inputs come from upstream
 
     def _step(self, x, y, active: list[int]) -> dict:

@@ -17,7 +17,11 @@ as in the authors' code (github.com/anokland/local-loss, `LocalLossBlockConv`):
   divided by (1e-8 + its norm), S = x_n x_n^T clamped to [-1, 1];
 - beta = 0.99, the authors' default (AugLocal's scripts: 0.99 similarity, 0.01 prediction).
 
-The last module learns from the plain cross-entropy of the model's classifier; the authors scale
+`--predsim-beta 0` is their `--loss-sup pred` and `--predsim-beta 1` their `--loss-sup sim` (the unused
+head then gets no gradient). The last module learns from the plain cross-entropy of the model's
+classifier, whose last linear weight starts at zero as theirs (`--no-predsim-zero-output` keeps
+PyTorch's init); with `mlp output_layer=True` and `--split layer` that module is the output layer
+alone, trained on the detached last hidden layer, as their `Net`. The authors scale
 their output layer's loss by (1 - beta) too, under Adam where a constant factor changes nothing:
 `--predsim-scale-last` does it here.
 """
@@ -120,6 +124,19 @@ class PredSimObjective(Objective):
                                          "values (the authors' --dim-in-decoder; AugLocal used 512)")
     predsim_scale_last: bool = option(False, "PredSim: the last module's cross-entropy is scaled by 1 - beta, "
                                              "as the authors' output layer (under Adam)")
+
+    predsim_zero_output: bool = option(True, "PredSim: the classifier's last linear weight starts at zero, as the "
+                                             "authors' output layer whenever they train with local losses")
+
+    def setup(self, net) -> None:
+        if self.predsim_zero_output:
+            # the network's last linear map: in the classifier, or in the last layer when the classifier
+            # is the identity (mlp output_layer=True)
+            linears = [m for m in [*net.model.layers.modules(), *net.model.classifier.modules()]
+                       if isinstance(m, nn.Linear)]
+            if linears:
+                with torch.no_grad():
+                    linears[-1].weight.zero_()
 
     def __post_init__(self):
         if not 0.0 <= self.predsim_beta <= 1.0:
