@@ -20,6 +20,7 @@ EPILOG = """examples:
   locallearn bench                                   # the quick start: bp, dgl, backlink, auglocal on mnist1d
   locallearn train --method dgl --model resnet32 --dataset cifar10 --modules 16 --out runs/r32
   locallearn train --resume --out runs/r32           # continue a stopped run
+  locallearn bench --resume --out runs/bench         # continue a stopped bench
   locallearn bench --methods bp,dgl,checkpoint --model resnet110 --dataset synthetic \\
       --dataset-kwargs shape=3x32x32 --modules 4,16 --batch-size 128 --max-steps 3
   locallearn list                                    # every model, head, method and dataset"""
@@ -161,6 +162,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool, defaults: di
     data.add_argument("--augment", choices=AUGMENT_CHOICES,
                       help="batch augmentation (default: crop-flip for CIFAR/STL/ImageNet, crop for SVHN and "
                            "MNIST, none for Fashion-MNIST, KMNIST, mnist1d, synthetic and .npz)")
+    data.add_argument("--crop-padding", type=int, metavar="PIXELS",
+                      help="zero padding before the random crop, i.e. the largest shift (default: 4 for sides of "
+                           "32 and more, side // 8 below, at least 1); local-loss jitters Fashion-MNIST by 2")
 
     opt = parser.add_argument_group("optimization")
     opt.add_argument("--epochs", type=int, help=f"epochs (per module for greedy) (default: {d.epochs})")
@@ -172,7 +176,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool, defaults: di
     opt.add_argument("--momentum", type=float, help=f"SGD momentum (default: {d.momentum})")
     opt.add_argument("--weight-decay", type=float, help=f"weight decay (default: {d.weight_decay})")
     opt.add_argument("--sched", choices=SCHEDULES, help=f"learning-rate schedule over the steps of a phase "
-                                                        f"(default: {d.sched}; step = x0.1 at 50%% and 75%%)")
+                                                        f"(default: {d.sched}; step = x0.1 at 50%% and 75%%; "
+                                                        "multistep = x--lr-decay at each of --lr-milestones)")
+    opt.add_argument("--lr-milestones", type=_float_list, metavar="EPOCHS",
+                     help="--sched multistep: comma-separated epochs after which the lr is multiplied by --lr-decay, "
+                          "e.g. 100,150,175,188 (local-loss's Fashion-MNIST schedule)")
+    opt.add_argument("--lr-decay", type=float, help=f"--sched multistep: factor at each milestone "
+                                                    f"(default: {d.lr_decay})")
     opt.add_argument("--warmup-epochs", type=float, help=f"linear warm-up (default: {d.warmup_epochs})")
 
     run = parser.add_argument_group("running")
@@ -189,7 +199,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool, defaults: di
     run.add_argument("--threads", type=int, help="CPU threads (default: the cores this process may use; more "
                                                  "threads than cores is much slower)")
     run.add_argument("--out", help="output directory (default: runs/<time>-<method>-<model>" +
-                                   ("; bench writes bench.json and plots there" if bench else "") + ")")
+                                   ("; bench writes bench.json, plots and each run's files (runs/<id>/) there"
+                                    if bench else "") + ")")
     run.add_argument("--eval-every", type=int, help=f"epochs between test evaluations (default: {d.eval_every})")
     run.add_argument("--no-measure", dest="measure", action="store_false", default=None,
                      help="skip the FLOP and activation-memory measurement at the first step")
@@ -318,20 +329,33 @@ def format_result(r: dict) -> str:
 
 
 def cmd_bench(ns: argparse.Namespace, rule_option_names: list[str]) -> int:
-    from .bench import run_bench
+    from .bench import recorded_bench, run_bench
 
-    base, given = config_from_args(ns, rule_option_names, defaults=QUICKSTART_RUN, modules=None)
-    methods = [m.strip() for m in ns.methods.split(",") if m.strip()]
+    if ns.resume and not ns.out:
+        raise UserError("--resume needs --out DIR, the directory of the bench to continue")
+    # A resumed bench takes what its bench.json records where no flag is given (as train --resume takes
+    # its checkpoint's settings); run_bench refuses given flags that describe another grid. --methods
+    # equal to its default counts as not given (argparse cannot tell them apart).
+    record = recorded_bench(Path(ns.out)) if ns.resume else None
+    grid = record or {**QUICKSTART_GRID, "config": QUICKSTART_RUN, "timing": {"rounds": 5, "steps": 3}}
+    base, given = config_from_args(ns, rule_option_names, defaults=grid["config"], modules=None)
+    if record and ns.methods == QUICKSTART_GRID["methods"] and not ns.lr_grid:
+        methods = record["methods"]
+    else:
+        methods = [m.strip() for m in ns.methods.split(",") if m.strip()]
     if not methods:
         raise UserError("--methods needs at least one method")
     if ns.lr_grid:
-        grid = "|".join(f"{lr:g}" for lr in ns.lr_grid)
-        methods = [m if any(p.startswith("lr=") for p in m.split(":")[1:]) else f"{m}:lr={grid}" for m in methods]
-    if ns.timing_rounds < 0 or ns.timing_steps < 1:
+        lrs = "|".join(f"{lr:g}" for lr in ns.lr_grid)
+        methods = [m if any(p.startswith("lr=") for p in m.split(":")[1:]) else f"{m}:lr={lrs}" for m in methods]
+    timing = grid.get("timing") or {}
+    rounds = ns.timing_rounds if ns.timing_rounds is not None else timing.get("rounds", 5)
+    steps = ns.timing_steps if ns.timing_steps is not None else timing.get("steps", 3)
+    if rounds < 0 or steps < 1:
         raise UserError("--timing-rounds must be >= 0 and --timing-steps >= 1")
     out = Path(ns.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-bench")
-    run_bench(base, methods, ns.modules or QUICKSTART_GRID["modules"], ns.seeds or QUICKSTART_GRID["seeds"], out,
-              ns.timing_rounds, ns.timing_steps)
+    run_bench(base, methods, ns.modules or grid["modules"], ns.seeds or grid["seeds"], out, rounds, steps,
+              resume=bool(ns.resume))
     return 0
 
 
@@ -417,11 +441,23 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     choose.add_argument("--lr-grid", type=_float_list, metavar="LR,LR,...",
                         help="choose every method's lr among these on validation accuracy (needs --val-split); a "
                              "method spec with its own lr= keeps it")
-    choose.add_argument("--timing-rounds", type=int, default=5,
+    choose.add_argument("--timing-rounds", type=int,
                         help="rounds of interleaved timing after the runs: every configuration takes --timing-steps "
                              "steps per round on the same batches, in rotating order; the table's step time is each "
                              "configuration's fastest round (default: 5; 0: use each run's own median step)")
-    choose.add_argument("--timing-steps", type=int, default=3, help="steps per configuration and round (default: 3)")
+    choose.add_argument("--timing-steps", type=int, help="steps per configuration and round (default: 3)")
+    stops = bench_parser.add_argument_group("stopping and resuming (each run writes train's files into OUT/runs/<id>/)")
+    stops.add_argument("--resume", action="store_true", default=None,
+                       help="continue the bench in --out that stopped (Ctrl-C, SIGTERM, kill -9, a time limit): runs "
+                            "that finished are kept, not run again; the one that was stopped continues from its "
+                            "checkpoint, the others run; then the timing is done again. Settings not given are "
+                            "taken from OUT/bench.json; given flags must describe the same grid (only --threads, "
+                            "--no-progress, --checkpoint-every, --data-dir, --download, --timing-rounds and "
+                            "--timing-steps may change). The runs equal an uninterrupted bench's (bit for bit on "
+                            "the CPU at the same --threads)")
+    stops.add_argument("--checkpoint-every", type=int, metavar="N",
+                       help="also checkpoint every run every N steps, so that a kill loses at most N steps "
+                            "(default: at the end of every epoch; Ctrl-C and SIGTERM save at once)")
     throughput = sub.add_parser("bench-pipeline", help="throughput of a torchrun pipeline vs one process with 1 "
                                                        "and with W threads",
                                 description="Samples per second of pipelined training (W processes x 1 thread, "
