@@ -6,7 +6,9 @@ FLOPs come from the runs; step times come from interleaved timing (timing.py): e
 built once and timed in rotating rounds on the same batches in this process, so that a load that
 comes and goes does not favour one of them.
 
-A method spec may hold a grid, `METHOD:option=a|b|c[:lr=x|y]`: every combination is run, and with
+A method spec may set the method's options, its head, split and lr, and model arguments
+(`model.activation=leakyrelu`, over --model-kwargs), and may hold a grid,
+`METHOD:option=a|b|c[:lr=x|y]`: every combination is run, and with
 `--val-split` the bench chooses, per method and K, the setting with the best mean validation top-1
 and reports the test top-1 of that setting. Settings are never chosen on the test set.
 
@@ -38,7 +40,7 @@ import torch
 
 from . import __version__
 from .checkpointing import CHECKPOINT_NAME, HEADS_NAME, MODEL_NAME, first_line, prepare_out_dir, save_json
-from .config import TrainConfig
+from .config import TrainConfig, parse_kwargs
 from .data import load_dataset
 from .engine import Trainer, available_cores, resolve_device
 from .errors import Interrupted, UserError
@@ -79,6 +81,7 @@ def expand_grid(spec: str) -> list[str]:
 
 
 VARIANT_KEYS = ("head", "split", "lr")  # settings a variant may change besides the method's own options
+MODEL_KEY = "model."  # `model.NAME=VALUE`: a variant's own model argument, over --model-kwargs
 
 
 def parse_method(spec: str, selections: dict | None = None) -> tuple[str, dict, dict]:
@@ -99,14 +102,16 @@ def parse_method(spec: str, selections: dict | None = None) -> tuple[str, dict, 
     fields = options_for(method, {**(selections or {}), **options})
     settings = {}
     for key, name, value in parsed:
-        if name in VARIANT_KEYS:
+        if name.startswith(MODEL_KEY):  # e.g. model.activation=leakyrelu: the same network, another variant
+            settings.setdefault("model_kwargs", {}).update(parse_kwargs([f"{name[len(MODEL_KEY):]}={value}"], spec))
+        elif name in VARIANT_KEYS:
             settings[name] = float(value) if name == "lr" else value
         elif name in SELECTORS:
             continue
         elif name in fields:
             options[name] = _parse_value(fields[name], value, spec)
         else:
-            accepted = sorted(k.replace("_", "-") for k in (*fields, *SELECTORS, *VARIANT_KEYS))
+            accepted = sorted(k.replace("_", "-") for k in (*fields, *SELECTORS, *VARIANT_KEYS)) + ["model.NAME"]
             raise UserError(f"method variant {spec!r}: {method} has no option {key!r}; "
                             f"choose from: {', '.join(accepted)}")
     return method, options, settings
@@ -159,7 +164,7 @@ def plan_runs(base: TrainConfig, methods: list[str], modules: list[int], seeds: 
         accepted = set(options_for(method, {**selections, **{k: v for k, v in overrides.items() if k in SELECTORS}}))
         unused -= accepted | set(selections)
         options = {**selections, **{k: v for k, v in given.items() if k in accepted}, **overrides}
-        variant = replace(base, **settings)
+        variant = replace(base, **{**settings, "model_kwargs": {**base.model_kwargs, **settings.get("model_kwargs", {})}})
         if rule_class.single_module:  # bp: the whole network as one module, whatever the split
             ks, variant = [1], replace(variant, split="even")
         elif variant.split not in ("even", "balanced"):  # these two cut into the K given by --modules

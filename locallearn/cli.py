@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import json
-import re
 import sys
 import time
 from dataclasses import fields, replace
 from pathlib import Path
 
-from .config import AMP_DTYPES, DEVICES, OPTIMIZERS, PIPELINE_SCHEDULES, SCHEDULES, TrainConfig
+from .config import AMP_DTYPES, DEVICES, OPTIMIZERS, PIPELINE_SCHEDULES, SCHEDULES, TrainConfig, parse_kwargs
 from .errors import Interrupted, NonFiniteLoss, UserError
 
 DESCRIPTION = """Local learning for deep networks: train a model as K gradient-isolated modules,
@@ -24,24 +22,6 @@ EPILOG = """examples:
   locallearn bench --methods bp,dgl,checkpoint --model resnet110 --dataset synthetic \\
       --dataset-kwargs shape=3x32x32 --modules 4,16 --batch-size 128 --max-steps 3
   locallearn list                                    # every model, head, method and dataset"""
-
-
-def parse_kwargs(items: list[str] | None, flag: str) -> dict:
-    """`key=value` pairs; values are Python literals, `3x32x32` is a shape, anything else a string."""
-    result = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise UserError(f"{flag} expects key=value pairs, got {item!r}")
-        if re.fullmatch(r"\d+(x\d+)+", raw):
-            value = tuple(int(v) for v in raw.split("x"))
-        else:
-            try:
-                value = ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
-                value = raw
-        result[key] = value
-    return result
 
 
 def _list_of(kind: type, name: str):
@@ -116,7 +96,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool, defaults: di
                           help=f"comma-separated methods to compare (default: {QUICKSTART_GRID['methods']}); any of: "
                                f"{', '.join(RULES.names())}. A method may be given in several variants, "
                                f"METHOD:option=value[:option=value...] with its own options, parts (objective=, "
-                               f"coupling=, guess-head=) or head, split, lr, e.g. "
+                               f"coupling=, guess-head=), head, split, lr or a model argument model.NAME=VALUE "
+                               f"(over --model-kwargs), e.g. "
                                f"dgl,sgr:sgr-lambda=0.1,auglocal:coupling=sgr:sgr-lambda=10; a value a|b|c is a grid "
                                f"whose best setting is chosen on validation accuracy (needs --val-split), e.g. "
                                f"sgr:sgr-lambda=1|10|100:lr=0.02|0.05")

@@ -1,7 +1,9 @@
 """Everything that defines a training run; the command line fills it, the engine reads it."""
 from __future__ import annotations
 
+import ast
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import UserError
@@ -18,6 +20,24 @@ AMP_DTYPES = ("bf16", "fp16")
 RESUMABLE_CHANGES = ("epochs", "max_steps", "device", "threads", "progress", "eval_every", "checkpoint_every",
                      "measure", "data_dir", "download", "out", "resume", "channels_last", "compile", "tensorboard")
 OPTIMISATION_CHANGES = ("lr", "momentum", "weight_decay", "sched", "warmup_epochs")
+
+def parse_kwargs(items: list[str] | None, flag: str) -> dict:
+    """`key=value` pairs; values are Python literals, `3x32x32` is a shape, anything else a string."""
+    result = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UserError(f"{flag} expects key=value pairs, got {item!r}")
+        if re.fullmatch(r"\d+(x\d+)+", raw):
+            value = tuple(int(v) for v in raw.split("x"))
+        else:
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                value = raw
+        result[key] = value
+    return result
+
 
 _TYPE_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
                "dict": "a mapping of key=value settings", "list": "a list", "None": "null"}

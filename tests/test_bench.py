@@ -66,3 +66,10 @@ def test_method_variants_with_unknown_options_are_clear_errors():
         plan_runs(tiny_config(), ["sgr:sgr-lambda=big"], [2], [0], n_layers=10)
     with pytest.raises(UserError, match="sgr-norm must be one of: l2, none"):
         plan_runs(tiny_config(), ["sgr:sgr-norm=l1"], [2], [0], n_layers=10)
+
+
+def test_a_variant_sets_its_own_model_arguments_over_the_command_lines():
+    base = tiny_config(model="mlp", model_kwargs={"depth": 2, "width": 8, "activation": "relu"})
+    runs = plan_runs(base, ["bp", "predsim:model.activation=leakyrelu:model.dropout=0.1"], [2], [0], n_layers=2)
+    assert [r.cfg.model_kwargs for r in runs] == [{"depth": 2, "width": 8, "activation": "relu"},
+                                                  {"depth": 2, "width": 8, "activation": "leakyrelu", "dropout": 0.1}]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from .. import auxnets
 from ..checkpointing import save_json
-from ..cli import parse_kwargs
+from ..config import parse_kwargs
 from ..errors import UserError
 from ..models import create_model
 from ..rules import RULES
