@@ -22,6 +22,7 @@ ll=${LOCALLEARN:-.venv/bin/locallearn}
 epochs=${EPOCHS:-200}
 milestones=$(python3 -c "e=$epochs; print(','.join(f'{e*m/200:g}' for m in (100, 150, 175, 188)))")
 resume=(); [ -n "${RESUME:-}" ] && resume=(--resume)
+pred="predsim:predsim-zero-output=true"  # their output layer starts at zero under local losses
 
 case $what in
   reproduce)
@@ -32,6 +33,6 @@ case $what in
       --optimizer adam --lr 5e-4 --weight-decay 0 --batch-size 128 --epochs "$epochs" \
       --sched multistep --lr-milestones "$milestones" --lr-decay 0.25 --augment crop-flip --crop-padding 2 \
       --seeds "${SEEDS:-0,1,2}" --threads "${THREADS:-1}" --no-progress --checkpoint-every 200 \
-      --methods "bp,predsim:predsim-beta=0,predsim:predsim-beta=1:model.activation=leakyrelu,predsim:model.activation=leakyrelu" ;;
+      --methods "bp,$pred:predsim-beta=0,$pred:predsim-beta=1:model.activation=leakyrelu,$pred:model.activation=leakyrelu" ;;
   *) echo "unknown benchmark $what; choose reproduce" >&2; exit 2 ;;
 esac

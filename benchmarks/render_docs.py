@@ -25,6 +25,22 @@ blank line, and one line starting "Generated from `results/NAME/bench.json`" tha
 and the spread (mean +- std over N seeds), the baseline of the ratios, and the bench's provenance
 (command, commit, date, machine) when bench.json records it.
 
+Figures (issue 27): the same marker with a `figure=KIND` option, on the line directly above a
+markdown image line, makes that PNG a picture of the results file:
+
+    <!-- results/NAME/bench.json figure=pareto-memory[ rows=... modules=... select=...] -->
+    ![accuracy against activation memory](docs/figures/NAME-pareto-memory.png)
+
+    figure=pareto-memory       test top-1 against peak activation memory (ratio to the baseline)
+    figure=pareto-time         test top-1 against step time (ratio to the baseline)
+
+one point per row that the table with the same rows=, modules= and select= options shows
+(locallearn/plots.py draws it). The image's path is relative to the doc, as markdown reads it, and
+stays inside the repository (docs/figures/: `docs/figures/...` in README.md, `../figures/...` in
+docs/methods/*.md). The rewrite draws every figure anew; `--check` verifies that the
+marker names an existing, finished results file and that the PNG exists (it compares no pixels);
+a PNG is written only where the picture changed (its bytes are the same for the same picture).
+
 The rule for measured tables (`--check`, and tests/test_docs_tables.py): a table under a results
 marker must equal what its file generates, and the file must exist; a table under a not-measured
 marker is left alone; every other table fails when a cell of its rows (not its header) holds a
@@ -32,14 +48,16 @@ number that looks measured: a decimal number (`3.14`) or a number with a unit (`
 `30 MiB`, `551 ms`).
 
 Usage:
-    python benchmarks/render_docs.py            rewrite every generated table in place
+    python benchmarks/render_docs.py            rewrite every generated table and figure in place
     python benchmarks/render_docs.py --check    change nothing; exit 1 listing every table that
-                                                differs from its file, lacks it, or breaks the rule
+                                                differs from its file, lacks it, or breaks the rule,
+                                                and every figure whose file or PNG is missing
 """
 from __future__ import annotations
 
 import argparse
 import difflib
+import io
 import json
 import re
 import sys
@@ -47,7 +65,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_markdown import COLUMNS, FOOTER_PREFIX, TableError, render_table  # noqa: E402
+from bench_markdown import COLUMNS, FOOTER_PREFIX, TableError, render_table, select_rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_MARKER = re.compile(r"<!--\s*(results/\S+/bench\.json)((?:\s+[a-z]+=\S+)*)\s*-->")
@@ -108,6 +126,9 @@ def parse_marker(marker: str | None):
         options = {}
         for token in found.group(2).split():
             key, _, value = token.partition("=")
+            if key == "figure":
+                raise MarkerError("a figure marker (figure=...) belongs directly above an image line "
+                                  "![...](FILE.png), not above a table")
             if key not in OPTIONS or key in options:
                 raise MarkerError(f"option {key!r} unknown or repeated; options: {', '.join(OPTIONS)}")
             options[key] = value
@@ -190,10 +211,125 @@ def process(root: Path, doc: Path) -> tuple[str, list[str]]:
         stripped = line.strip()
         if stripped.startswith(("```", "~~~")):
             fence = None if fence and stripped.startswith(fence) else (fence or stripped[:3])
-        elif fence is None and i + 1 not in starts and (RESULTS_MARKER.fullmatch(stripped)
-                                                        or NOT_MEASURED_MARKER.fullmatch(stripped)):
+        elif fence is None and i + 1 not in starts and not is_figure_marker(stripped) \
+                and (RESULTS_MARKER.fullmatch(stripped) or NOT_MEASURED_MARKER.fullmatch(stripped)):
             problems.append(f"{doc.relative_to(root)}:{i + 1}: marker without a table on the next line")
+    problems += figure_problems(root, doc, lines)
     return "\n".join(new), sorted(problems, key=lambda p: int(p.split(":")[1]))
+
+
+# --- figures (issue 27): a picture of a results file under a marker with figure=KIND ----------------
+
+FIGURES = {"pareto-memory": "memory", "pareto-time": "time"}  # figure=KIND -> plots.pareto_figure's cost
+FIGURE_OPTIONS = ("figure", "rows", "modules", "select")
+IMAGE_LINE = re.compile(r"!\[[^\]]*\]\(\s*([^)\s]+)\s*\)")
+
+
+@dataclass
+class Figure:
+    doc: Path         # the markdown file, relative to the root
+    line: int         # 0-based index of the marker
+    source: str       # results/NAME/bench.json
+    options: dict     # figure, and the row options of a table marker
+    image: str | None  # the PNG path on the next line, as the doc writes it (None: no image line there)
+
+    @property
+    def where(self) -> str:
+        return f"{self.doc}:{self.line + 1}"
+
+
+def is_figure_marker(line: str) -> bool:
+    found = RESULTS_MARKER.fullmatch(line.strip())
+    return bool(found) and any(token.startswith("figure=") for token in found.group(2).split())
+
+
+def find_figures(doc: Path, lines: list[str]) -> list[Figure]:
+    """Every figure marker outside code fences, with the image line under it."""
+    figures, fence = [], None
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith(("```", "~~~")):
+            fence = None if fence and stripped.startswith(fence) else (fence or stripped[:3])
+        elif fence is None and is_figure_marker(stripped):
+            found = RESULTS_MARKER.fullmatch(stripped)
+            options = {}
+            for token in found.group(2).split():
+                key, _, value = token.partition("=")
+                options.setdefault(key, []).append(value)
+            image = IMAGE_LINE.fullmatch(lines[i + 1].strip()) if i + 1 < len(lines) else None
+            figures.append(Figure(doc, i, found.group(1), options, image.group(1) if image else None))
+    return figures
+
+
+def figure_spec(root: Path, doc: Path, figure: Figure) -> tuple[str, list[dict], Path, list[str]]:
+    """(cost, the rows to draw, the PNG's path, the bench's methods in the order that gives them their
+    colours) of a figure marker, or a MarkerError saying what is wrong. Every figure of a bench gives
+    a method the colour that the bench's own pictures give it, whatever rows= it shows."""
+    wrong = [k for k, values in figure.options.items() if k not in FIGURE_OPTIONS or len(values) > 1]
+    if wrong:
+        raise MarkerError(f"figure option {wrong[0]!r} unknown or repeated; options: {', '.join(FIGURE_OPTIONS)}")
+    options = {k: values[0] for k, values in figure.options.items()}
+    if options["figure"] not in FIGURES:
+        raise MarkerError(f"figure={options['figure']}: choose from {', '.join(FIGURES)}")
+    if figure.image is None:
+        raise MarkerError("figure marker without an image line ![...](FILE.png) on the next line")
+    png = (doc.parent / figure.image).resolve()
+    if png.suffix != ".png" or "://" in figure.image or not png.is_relative_to(root):
+        raise MarkerError(f"{figure.image}: a figure is a .png file inside the repository, its path relative "
+                          "to the doc")
+    path = root / figure.source
+    if not path.is_file():
+        raise MarkerError(f"{figure.source} does not exist (a figure needs its committed results file)")
+    try:
+        bench = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise MarkerError(f"{figure.source} is not JSON: {e}") from None
+    kwargs = render_options({k: v for k, v in options.items() if k != "figure"})
+    try:
+        rows = select_rows(bench, kwargs.get("rows"), kwargs.get("modules"), kwargs["select"])
+    except TableError as e:
+        raise MarkerError(f"{figure.source}: {e}") from None
+    key = {"memory": "memory_ratio", "time": "time_ratio"}[FIGURES[options["figure"]]]
+    if all(r.get(key) is None for r in rows):
+        raise MarkerError(f"{figure.source}: no row has {key} (the bench did not measure it)")
+    order = [r["method"] for r in select_rows(bench)] + [r["method"] for r in bench["rows"]]
+    return FIGURES[options["figure"]], rows, png, list(dict.fromkeys(order))
+
+
+def figure_problems(root: Path, doc: Path, lines: list[str]) -> list[str]:
+    """What is wrong with the figures of `doc` (`file:line: message`); no pixel is compared."""
+    problems = []
+    for figure in find_figures(doc.relative_to(root), lines):
+        try:
+            png = figure_spec(root, doc, figure)[2]
+        except MarkerError as e:
+            problems.append(f"{figure.where}: {e}")
+            continue
+        if not png.is_file():
+            problems.append(f"{figure.where}: {figure.image} does not exist; draw it: python benchmarks/render_docs.py")
+    return problems
+
+
+def write_figures(root: Path, doc: Path) -> list[Path]:
+    """Draw every figure of `doc` whose marker is right (the others are reported by process)."""
+    written = []
+    for figure in find_figures(doc.relative_to(root), doc.read_text().split("\n")):
+        try:
+            cost, rows, png, order = figure_spec(root, doc, figure)
+        except MarkerError:
+            continue
+        checkout = str(Path(__file__).resolve().parent.parent)  # this checkout's locallearn draws it
+        if checkout not in sys.path:
+            sys.path.insert(0, checkout)
+        from locallearn.plots import method_styles, pareto_figure, save
+
+        drawn = io.BytesIO()
+        save(pareto_figure(rows, cost, method_styles(order), source=figure.source), drawn)
+        if not png.is_file() or png.read_bytes() != drawn.getvalue():  # the same picture: the file is left alone
+            png.parent.mkdir(parents=True, exist_ok=True)
+            png.write_bytes(drawn.getvalue())
+            written.append(png)
+    return written
 
 
 def main(argv=None) -> int:
@@ -204,6 +340,9 @@ def main(argv=None) -> int:
     root = args.root.resolve()
     failed = False
     for doc in doc_files(root):
+        if not args.check:
+            for path in write_figures(root, doc):
+                print(f"drew {path.relative_to(root)}")  # only a picture that changed
         new, problems = process(root, doc)
         for problem in problems:
             stale = " differs from " in problem.split("\n")[0]

@@ -20,7 +20,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .checkpointing import prepare_out_dir, resumed_config
+from .checkpointing import DirLock, prepare_out_dir, resumed_config
 from .config import TrainConfig
 from .data import load_dataset
 from .data.objects import data_from_objects, data_name
@@ -105,7 +105,27 @@ def build_model(cfg: TrainConfig, model) -> Callable:
     if cfg.model_kwargs:
         raise UserError(f"model_kwargs ({', '.join(cfg.model_kwargs)}) configure a named model; build your own "
                         "network with the settings you want instead")
-    return network_factory(model)
+    factory = network_factory(model)
+
+    def build(input_shape, num_classes):
+        built = factory(input_shape, num_classes)
+        check_unshared(built)
+        return built
+    return build
+
+
+def check_unshared(model) -> None:
+    """Every layer (and the classifier) of a LayeredModel must own its parameters: a module object
+    used twice, or tied weights, would sit in the optimizers of two modules and be updated by both."""
+    owner: dict[int, str] = {}
+    parts = [(f"layer {i}", layer) for i, layer in enumerate(model.layers)] + [("the classifier", model.classifier)]
+    for part, module in parts:
+        for name, parameter in module.named_parameters(remove_duplicate=False):
+            first = owner.setdefault(id(parameter), part)
+            if first != part:
+                raise UserError(f"{first} and {part} share a parameter ({part}'s {name}): a module object used twice "
+                                "in the network, or tied weights; local learning trains every layer on its own, so "
+                                "give each layer its own module")
 
 
 def build_data(cfg: TrainConfig, data):
@@ -133,11 +153,34 @@ def run(cfg: TrainConfig, *, model=None, data=None, callbacks: Iterable[Callable
     `model`/`data`: objects (a network, arrays, Datasets, ...) or None for the names in `cfg`;
     `state`: the checkpoint of a resumed run, when the caller has loaded it."""
     cfg.validate()
+    callbacks = check_callbacks(callbacks)
+    lock = None
     if cfg.out:  # before anything slow is built
         prepare_out_dir(Path(cfg.out), RUN_FILES, cfg.resume, "a run")
-    factory = build_model(cfg, model)
-    source = build_data(cfg, data)
-    return Trainer(cfg, callbacks, data=source, state=state, model=factory).fit()
+        lock = DirLock(Path(cfg.out))  # one process per --out; the Trainer takes it again, for its fit()
+    try:
+        factory = build_model(cfg, model)
+        source = build_data(cfg, data)
+        return Trainer(cfg, callbacks, data=source, state=state, model=factory).fit()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def check_callbacks(callbacks) -> list:
+    """`callbacks` as a list of callables, or a one-line UserError."""
+    if callable(callbacks):
+        raise UserError("callbacks must be a list of functions (Trainer -> None), got one function: pass "
+                        "callbacks=[f]")
+    try:
+        found = list(callbacks)
+    except TypeError:
+        raise UserError(f"callbacks must be a list of functions (Trainer -> None), got {type(callbacks).__name__}") \
+            from None
+    bad = [c for c in found if not callable(c)]
+    if bad:
+        raise UserError(f"callbacks must be functions (Trainer -> None); {bad[0]!r} is a {type(bad[0]).__name__}")
+    return found
 
 
 def train(config: TrainConfig | Mapping | None = None, *, model=None, data=None,

@@ -39,7 +39,8 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .checkpointing import CHECKPOINT_NAME, HEADS_NAME, MODEL_NAME, first_line, prepare_out_dir, save_json
+from .checkpointing import (CHECKPOINT_NAME, HEADS_NAME, MODEL_NAME, DirLock, first_line, prepare_out_dir, read_json,
+                            save_json)
 from .config import TrainConfig, parse_kwargs
 from .data import load_dataset
 from .engine import Trainer, available_cores, resolve_device
@@ -261,10 +262,7 @@ def recorded_bench(out: Path) -> dict:
     if not path.is_file():
         raise UserError(f"nothing to resume: {out} holds no {BENCH_FILE} (a bench writes it before its first run); "
                         "start the bench without --resume")
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path} cannot be read: {first_line(error)}") from None
+    record = read_json(path)
     if not (isinstance(record, dict) and isinstance(record.get("config"), dict)
             and all(isinstance(record.get(k), list) for k in ("methods", "modules", "seeds"))):
         raise UserError(f"{path} records no grid to resume (written by an older locallearn, or not by a bench)")
@@ -306,10 +304,7 @@ def _finished_result(folder: Path, cfg: TrainConfig) -> dict | None:
     path = folder / "result.json"
     if not path.exists():
         return None
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path} cannot be read: {first_line(error)}") from None
+    result = read_json(path)  # a regular file of a sane size (not a FIFO that would block), or one line
     if not (isinstance(result, dict) and isinstance(result.get("config"), dict) and "test_top1" in result):
         raise UserError(f"{path} is not the result.json of a locallearn run")
     differ = _differences(_settings(result["config"], path), cfg.to_dict(), "its result.json")
@@ -335,6 +330,8 @@ def _finish_run(run: PlannedRun, folder: Path, data, out: Path) -> tuple[dict, s
     finished = _finished_result(folder, run.cfg)
     if finished is not None:
         return finished, "finished in an earlier sitting, kept"
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = DirLock(folder)  # before anything in the folder is removed; the engine takes it again
     _remove_partial_writes(folder)
     resume = (folder / CHECKPOINT_NAME).exists()
     trainer = Trainer(replace(run.cfg, out=str(folder), resume=resume), data=data)  # the engine's own resume
@@ -345,6 +342,7 @@ def _finish_run(run: PlannedRun, folder: Path, data, out: Path) -> tuple[dict, s
         raise Interrupted(f"bench stopped in run {folder.name} after step {trainer.position.global_step} (saved in "
                           f"{folder / CHECKPOINT_NAME}); continue with: locallearn bench --resume --out {out}",
                           stop.exit_code - 128) from None
+    lock.release()
     return result, (f"resumed from its checkpoint at step {step}" if resume else "")
 
 
@@ -359,6 +357,8 @@ def run_bench(base: TrainConfig, methods: list[str], modules: list[int], seeds: 
     base.validate()
     grid = {"config": base.to_dict(), "methods": list(methods), "modules": list(modules), "seeds": list(seeds)}
     prepare_out_dir(out, (), resume, "a bench")
+    # one process per --out until the bench has written its last file (on an error: when this frame goes)
+    lock = DirLock(out)
     if resume:
         record = recorded_bench(out)
         _check_same_grid(record, grid, out / BENCH_FILE)
@@ -379,6 +379,8 @@ def run_bench(base: TrainConfig, methods: list[str], modules: list[int], seeds: 
     data = load_dataset(base.dataset, base.data_dir, base.download, **base.dataset_kwargs)
     n_layers = len(create_model(base.model, data.input_shape, data.num_classes, **base.model_kwargs).layers)
     planned = plan_runs(base, methods, modules, seeds, n_layers)
+    for run in planned:  # every run's own settings (a seed, a variant's lr), before anything is written
+        run.cfg.validate()
     names = run_names(planned)
     if record and record.get("plan") not in (None, [f"{RUNS_DIR}/{name}" for name in names]):
         raise UserError(f"{out / BENCH_FILE} records other run folders than this locallearn plans for its grid; "
@@ -403,6 +405,8 @@ def run_bench(base: TrainConfig, methods: list[str], modules: list[int], seeds: 
             val = f" (val {result['val_top1']:.2f}%)" if result["val_top1"] else ""
             print(f"[{i}/{len(planned)}] {run.label} K={result['modules']} seed={run.cfg.seed}: "
                   f"top-1 {result['test_top1']:.2f}%{val}" + (f" ({how})" if how else ""), flush=True)
+            if result.get("warnings"):  # a likely evaluation problem (engine: train mode far above held out, early)
+                print(f"    {result['warnings'][0]}", flush=True)
             write(runs)  # partial results survive a crash
         # step times are measured here, at the end, in one sitting: a bench stopped while timing does it again
         timing = {}
@@ -423,7 +427,7 @@ def run_bench(base: TrainConfig, methods: list[str], modules: list[int], seeds: 
         raise
     # the plots show each grid's chosen setting only
     picked = {(c["chosen"], c["modules"]) for c in chosen}
-    plots = plot([r for r in rows if r["family"] == r["method"] or (r["method"], r["modules"]) in picked], out)
+    plots = plot([r for r in rows if r["family"] == r["method"] or (r["method"], r["modules"]) in picked], out, runs)
     print()
     print(format_table(rows))
     if chosen:
@@ -431,4 +435,5 @@ def run_bench(base: TrainConfig, methods: list[str], modules: list[int], seeds: 
         print(format_selection(chosen))
     print(f"\nwrote {out / BENCH_FILE}" + (f" and {', '.join(p.name for p in plots)}" if plots else "")
           + f"; each run's files in {out / RUNS_DIR}/")
+    lock.release()
     return report

@@ -1,5 +1,5 @@
 """The report of a bench: rows over seeds, ratios to the baseline, the settings chosen on
-validation, text tables and plots."""
+validation, text tables; the plots are drawn by plots.py."""
 from __future__ import annotations
 
 import statistics
@@ -111,58 +111,9 @@ def format_selection(chosen: list[dict]) -> str:
     return "\n".join(_columns(lines))
 
 
-def plot(rows: list[dict], out: Path) -> list[Path]:
-    """Accuracy against activation memory (each configuration a point) and, when several K were
-    run, accuracy, memory and time against K (each method a line)."""
-    import matplotlib
+def plot(rows: list[dict], out: Path, runs: list[dict] | None = None) -> list[Path]:
+    """The bench's pictures (plots.plot_bench): accuracy against activation memory and step time,
+    accuracy, memory and time against K, and the learning curves of `runs` (bench.json's "runs")."""
+    from .plots import plot_bench
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    measured = [r for r in rows if r["memory_ratio"] is not None]
-    if measured:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for r in measured:
-            ax.errorbar(r["memory_ratio"], r["test_top1"], yerr=r["test_top1_std"] or None, marker="o", capsize=3)
-            ax.annotate(f"{r['method']} K={r['modules']}", (r["memory_ratio"], r["test_top1"]), fontsize=7,
-                        xytext=(4, 3), textcoords="offset points")
-        ax.set_xlabel(f"peak activation memory / {rows[0]['baseline']}")
-        ax.set_ylabel("test top-1 (%)")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "accuracy_memory.png", dpi=120)
-        plt.close(fig)
-        written.append(out / "accuracy_memory.png")
-    ks = sorted({r["modules"] for r in rows})
-    if len(ks) < 2:  # a line of one point says nothing
-        return written
-    panels = [("test_top1", "test top-1 (%)", "accuracy.png", 1.0),
-              ("peak_activation_bytes", "peak activation memory (MiB)", "memory.png", 2 ** -20),
-              ("step_seconds", "step time (ms)", "time.png", 1000.0)]
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    for key, label, name, scale in panels:
-        if all(r[key] is None for r in rows):  # not measured (--no-measure): no empty plot
-            continue
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for method in methods:
-            mine = sorted((r for r in rows if r["method"] == method and r[key] is not None),
-                          key=lambda r: r["modules"])
-            if not mine:
-                continue
-            values = [scale * r[key] for r in mine]
-            if len(mine) == 1:
-                ax.axhline(values[0], linestyle="--", color="black" if method == "bp" else None, label=method)
-            else:
-                ax.plot([r["modules"] for r in mine], values, marker="o", label=method)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set_xlabel("number of modules K")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
-        plt.close(fig)
-        written.append(out / name)
-    return written
+    return plot_bench(rows, out, runs)

@@ -21,7 +21,9 @@ EPILOG = """examples:
   locallearn bench --resume --out runs/bench         # continue a stopped bench
   locallearn bench --methods bp,dgl,checkpoint --model resnet110 --dataset synthetic \\
       --dataset-kwargs shape=3x32x32 --modules 4,16 --batch-size 128 --max-steps 3
-  locallearn list                                    # every model, head, method and dataset"""
+  locallearn list                                    # every model, head, method and dataset
+  locallearn list recipes                            # the papers' setups, each with the table cell it targets
+  locallearn train --recipe auglocal-cifar10-resnet32 --out runs/auglocal   # a paper's whole setup in one flag"""
 
 
 def _list_of(kind: type, name: str):
@@ -91,6 +93,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool, defaults: di
     what = parser.add_argument_group("what to train")
     what.add_argument("--config", metavar="FILE", help="a JSON file of settings (e.g. the config.json of a run); "
                                                        "flags given on the command line override it")
+    # --- recipes (recipes.py)
+    what.add_argument("--recipe", metavar="NAME",
+                      help="a paper's whole training setup for one table cell (optimizer, lr, batch, epochs, "
+                           "schedule, augmentation, model, split, head, the method's options), e.g. "
+                           "auglocal-cifar10-resnet32; flags and --config settings given beside it override it, "
+                           "and config.json/result.json record both (see: locallearn list recipes)")
+    # --- end recipes
     if bench:
         what.add_argument("--methods", default=QUICKSTART_GRID["methods"],
                           help=f"comma-separated methods to compare (default: {QUICKSTART_GRID['methods']}); any of: "
@@ -155,6 +164,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool, defaults: di
     opt.add_argument("--lr", type=float, help=f"base learning rate (default: {d.lr})")
     opt.add_argument("--optimizer", choices=OPTIMIZERS, help=f"optimizer of every module (default: {d.optimizer})")
     opt.add_argument("--momentum", type=float, help=f"SGD momentum (default: {d.momentum})")
+    opt.add_argument("--nesterov", action="store_true", default=None,
+                     help="SGD with Nesterov momentum (AugLocal's and InfoPro's scripts use it)")
     opt.add_argument("--weight-decay", type=float, help=f"weight decay (default: {d.weight_decay})")
     opt.add_argument("--sched", choices=SCHEDULES, help=f"learning-rate schedule over the steps of a phase "
                                                         f"(default: {d.sched}; step = x0.1 at 50%% and 75%%; "
@@ -239,10 +250,17 @@ def config_from_args(ns: argparse.Namespace, rule_option_names: list[str], defau
     options = {n: getattr(ns, n) for n in rule_option_names if getattr(ns, n, None) is not None}
     if options:
         given["rule_options"] = options
-    given.update(overrides)
     settings = dict(given)
     if getattr(ns, "config", None):
         settings = {**load_config_file(ns.config), **given}
+    # --- recipes (recipes.py): the recipe's settings lie beneath the flags and the --config file, above `defaults`
+    if settings.get("recipe"):
+        from .recipes import apply_recipe
+
+        settings = apply_recipe(settings["recipe"], settings)
+    # --- end recipes
+    given.update(overrides)
+    settings.update(overrides)
     model_given = "model" in settings
     for key, value in (defaults or {}).items():
         if not (key == "model_kwargs" and model_given):  # the default model's kwargs would not fit another
@@ -252,9 +270,11 @@ def config_from_args(ns: argparse.Namespace, rule_option_names: list[str], defau
 
 def load_config_file(path: str) -> dict:
     """A JSON object of TrainConfig fields, e.g. the config.json that every run writes."""
-    try:
-        settings = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as error:
+    from .checkpointing import read_text
+
+    try:  # a regular file of a sane size: not a FIFO that blocks, not /dev/zero
+        settings = json.loads(read_text(Path(path), why="give a JSON file"))
+    except (UserError, ValueError) as error:
         raise UserError(f"cannot read --config {path}: {error}") from None
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(settings) - known) if isinstance(settings, dict) else ["(not a JSON object)"]
@@ -319,9 +339,18 @@ def cmd_bench(ns: argparse.Namespace, rule_option_names: list[str]) -> int:
     # equal to its default counts as not given (argparse cannot tell them apart).
     record = recorded_bench(Path(ns.out)) if ns.resume else None
     grid = record or {**QUICKSTART_GRID, "config": QUICKSTART_RUN, "timing": {"rounds": 5, "steps": 3}}
+    # --- recipes (recipes.py): a recipe replaces the quick start's settings, method and K
+    if ns.recipe and not record:
+        from .recipes import get_recipe
+
+        recipe = get_recipe(ns.recipe).settings
+        grid = {**grid, "config": {}, "modules": [recipe["modules"]] if recipe.get("modules") else grid["modules"]}
+    # --- end recipes
     base, given = config_from_args(ns, rule_option_names, defaults=grid["config"], modules=None)
     if record and ns.methods == QUICKSTART_GRID["methods"] and not ns.lr_grid:
         methods = record["methods"]
+    elif ns.recipe and not record and ns.methods == QUICKSTART_GRID["methods"]:  # recipes: its own method
+        methods = [base.method]
     else:
         methods = [m.strip() for m in ns.methods.split(",") if m.strip()]
     if not methods:
@@ -358,6 +387,16 @@ def cmd_bench_pipeline(ns: argparse.Namespace, rule_option_names: list[str]) -> 
 
 
 def cmd_list(ns: argparse.Namespace) -> int:
+    # --- recipes (recipes.py)
+    from .recipes import RECIPES, describe, paper_number, recipe_names
+
+    if getattr(ns, "what", None) == "recipes":
+        print("recipes (locallearn train|bench --recipe NAME; flags given beside a recipe override it):")
+        for name in recipe_names():
+            recipe = RECIPES[name]
+            print(f"  {name}\n      cell: {recipe.cell} ({paper_number(recipe)})\n      {describe(recipe)}")
+        return 0
+    # --- end recipes
     from .data import dataset_choices
     from .heads import HEADS
     from .models import model_names
@@ -380,6 +419,7 @@ def cmd_list(ns: argparse.Namespace) -> int:
     print("models:   " + ", ".join(model_names()))
     print("heads:    " + ", ".join(HEADS.names()))
     print("datasets: " + dataset_choices())
+    print("recipes:  " + ", ".join(recipe_names()) + " (locallearn list recipes)")  # recipes
     return 0
 
 
@@ -389,6 +429,11 @@ def cmd_analyze(ns: argparse.Namespace) -> int:
     if not ns.analysis:
         raise UserError(f"name an analysis: locallearn analyze {{{','.join(ANALYSES.names())}}} ...")
     return ANALYSES.get(ns.analysis)().run(ns)
+
+
+def _out_of_memory(error: RuntimeError) -> bool:
+    text = str(error)
+    return "can't allocate memory" in text or "out of memory" in text.lower() or type(error).__name__ == "OutOfMemoryError"
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -452,7 +497,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
                             help="the splits to compare, each K with each split back to back, e.g. --splits even "
                                  "balanced 7 (default: even balanced; or the one --split)")
     throughput.set_defaults(methods="dgl")
-    sub.add_parser("list", help="list methods, models, heads and datasets")
+    lister = sub.add_parser("list", help="list methods, models, heads, datasets and recipes")
+    lister.add_argument("what", nargs="?", choices=["recipes"],  # recipes: each with the table cell it targets
+                        help="recipes: each paper recipe with the table cell it targets and its settings")
     from .analyze import ANALYSES
 
     analyze = sub.add_parser("analyze", help="diagnostics of runs and methods (see: locallearn analyze -h)",
@@ -491,6 +538,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"locallearn: error: {error}", file=sys.stderr)
         return error.exit_code
+    except (MemoryError, RuntimeError) as error:  # an allocation that no check foresaw: one line, not a traceback
+        if not isinstance(error, MemoryError) and not _out_of_memory(error):
+            raise
+        print(f"locallearn: error: out of memory: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+              .rstrip(": "), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("locallearn: interrupted", file=sys.stderr)
         return 130

@@ -20,6 +20,10 @@ AMP_DTYPES = ("bf16", "fp16")
 RESUMABLE_CHANGES = ("epochs", "max_steps", "device", "threads", "progress", "eval_every", "checkpoint_every",
                      "measure", "data_dir", "download", "out", "resume", "channels_last", "compile", "tensorboard")
 OPTIMISATION_CHANGES = ("lr", "momentum", "weight_decay", "sched", "warmup_epochs")
+MAX_THREADS = 1024          # more threads than this is a typo (torch would try to start them all)
+MAX_DIST_TIMEOUT = 10 ** 6  # seconds (11.6 days): longer is a typo, and a timedelta overflows at 1e308
+SEED_RANGE = (-2 ** 63, 2 ** 63)  # what torch.manual_seed takes (a 64-bit integer)
+FLOAT32_MAX = 3.4028234663852886e38  # the optimizers apply --lr and --weight-decay to float32 parameters
 
 def parse_kwargs(items: list[str] | None, flag: str) -> dict:
     """`key=value` pairs; values are Python literals, `3x32x32` is a shape, anything else a string."""
@@ -74,6 +78,7 @@ class TrainConfig:
     lr: float = 0.05
     optimizer: str = "sgd"
     momentum: float = 0.9
+    nesterov: bool = False          # SGD with Nesterov momentum (AugLocal's and InfoPro's scripts)
     weight_decay: float = 5e-4
     sched: str = "cosine"
     lr_milestones: list = field(default_factory=list)  # multistep: epochs after which the lr is x lr_decay
@@ -107,6 +112,10 @@ class TrainConfig:
     max_staleness: int = 2          # async: how many batches a stage may run ahead of the next one
     data_parallel: int = 1          # replicas per stage (world size = stages x data_parallel)
     dist_timeout: float = 45.0      # seconds before a silent peer is an error
+    # --- recipes (recipes.py): the paper setup a run started from, and each of its values a flag changed
+    recipe: str | None = None
+    recipe_overrides: dict = field(default_factory=dict)  # setting -> [recipe's value, the run's value]
+    # --- end recipes
 
     def validate(self) -> None:
         for f in fields(self):  # a config file or the Python API can give any JSON value
@@ -129,16 +138,31 @@ class TrainConfig:
         positive("modules", self.modules, allow_none=True)
         positive("eval_every", self.eval_every)
         positive("threads", self.threads, allow_none=True)
+        if self.threads is not None and self.threads > MAX_THREADS:
+            raise UserError(f"--threads must be at most {MAX_THREADS}, got {self.threads}")
+        if not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:
+            raise UserError(f"--seed must be a 64-bit integer (from -2**63 to 2**63 - 1), got {self.seed}")
         if not 0 <= self.val_split < 1:
             raise UserError(f"--val-split must be a fraction in [0, 1), got {self.val_split}")
         if not 0 <= self.momentum < 1:
             raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise UserError(f"--nesterov needs --optimizer sgd with --momentum above 0 (got --optimizer "
+                            f"{self.optimizer}, --momentum {self.momentum})")
         for name in ("momentum", "weight_decay", "warmup_epochs", "checkpoint_every"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be zero or positive, got {value}")
+        for name in ("lr", "weight_decay"):
+            if getattr(self, name) > FLOAT32_MAX:
+                raise UserError(f"--{name.replace('_', '-')} must be at most {FLOAT32_MAX:.3g} (float32's largest "
+                                f"number, the parameters' type), got {getattr(self, name):g}")
+        if self.warmup_epochs > self.epochs:
+            raise UserError(f"--warmup-epochs {self.warmup_epochs:g} is longer than the run (--epochs {self.epochs})")
         positive("data_parallel", self.data_parallel)
         positive("dist_timeout", self.dist_timeout)
+        if self.dist_timeout > MAX_DIST_TIMEOUT:
+            raise UserError(f"--dist-timeout must be at most {MAX_DIST_TIMEOUT} seconds, got {self.dist_timeout:g}")
         if self.max_staleness < 0:
             raise UserError(f"--max-staleness must be zero or positive, got {self.max_staleness}")
         if self.amp is not None and self.amp not in AMP_DTYPES:
@@ -150,6 +174,8 @@ class TrainConfig:
         self._validate_schedule()
         if self.crop_padding is not None and self.crop_padding < 0:
             raise UserError(f"--crop-padding must be zero or positive, got {self.crop_padding}")
+        if self.compile is not None:
+            _check_compile_backend(self.compile)
         if self.resume and not self.out:
             raise UserError("--resume needs --out DIR, the directory of the run to continue")
         if self.tensorboard and not self.out:
@@ -169,3 +195,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _check_compile_backend(name: str) -> None:
+    """--compile BACKEND must name a backend torch.compile knows (checked now, not at the first step)."""
+    try:
+        from torch._dynamo.backends.registry import list_backends, lookup_backend
+    except ImportError:  # a torch without dynamo: torch.compile itself will say so
+        return
+    try:
+        lookup_backend(name)
+    except Exception:  # InvalidBackend
+        raise UserError(f"unknown --compile backend {name!r}; choose one of: "
+                        f"{', '.join(sorted(list_backends()))}") from None

@@ -35,12 +35,13 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .balance import LayerProfile, check_profilable, plan_balanced_split, profile_layers
-from .checkpointing import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, HEADS_NAME, MODEL_NAME, checkpoint_path, first_line,
-                            load_checkpoint, prepare_out_dir, restore_rng_state, rng_state, save_json, save_text,
-                            save_torch)
-from .evaluation import evaluate
+from .checkpointing import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, HEADS_NAME, MODEL_NAME, DirLock, checkpoint_path,
+                            first_line, load_checkpoint, prepare_out_dir, restore_rng_state, rng_state, save_json,
+                            save_text, save_torch)
+from .evaluation import evaluate, evaluation_warning
 from .config import OPTIMISATION_CHANGES, RESUMABLE_CHANGES, TrainConfig
 from .data import AUGMENT_CHOICES, load_dataset
+from .data.augment import check_crop_padding
 from .errors import Interrupted, NonFiniteLoss, UserError
 from .heads import HEADS
 from .measure import measure_step
@@ -113,7 +114,9 @@ class Trainer:
         self.out = Path(cfg.out) if cfg.out else None
         self.tensorboard = TensorBoardLog() if cfg.tensorboard else None  # fails now if tensorboard is missing
         if self.out:  # checked before anything slow is built
-            prepare_out_dir(self.out, RUN_FILES, cfg.resume, "a run")
+            prepare_out_dir(self.out, RUN_FILES, cfg.resume, "a run", check_busy=self.out in self._folders_to_lock())
+        # one process per output folder, from here until fit() ends (checkpointing.DirLock)
+        self._out_locks = [DirLock(folder) for folder in self._folders_to_lock()]
         if state is None:
             state = self._checkpoint_to_resume()
         else:
@@ -134,6 +137,8 @@ class Trainer:
         if cfg.crop_padding is not None and (self.augment == "none" or not hasattr(self.data, "x_train")):
             raise UserError(f"--crop-padding applies to the crop of in-memory images (--augment crop or crop-flip); "
                             f"here the augmentation is {self.augment!r} on {self.data.name}")
+        if cfg.crop_padding is not None:
+            check_crop_padding(self.data.input_shape, cfg.crop_padding)
 
         self._seed_everything(cfg.seed)  # the model's initial weights depend only on the seed
         if model is None:
@@ -207,6 +212,19 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- the loop
     def fit(self) -> dict:
+        try:
+            for lock in self._out_locks:
+                lock.acquire()  # again, if an earlier fit() released it
+            return self._fit()
+        finally:
+            for lock in self._out_locks:
+                lock.release()
+
+    def _folders_to_lock(self) -> list[Path]:
+        """The folders this process writes into, locked for the run's life."""
+        return [self.out] if self.out else []
+
+    def _fit(self) -> dict:
         cfg = self.cfg
         if self.out:
             save_json(cfg.to_dict(), self.out / "config.json")
@@ -449,10 +467,24 @@ class Trainer:
                 else:
                     row[key] = round(value, 4)
             row["_local_top1"] = evaluation["test_local_top1"]
+            warning = self._evaluation_warning(row)
+            if warning:
+                print(f"locallearn: {warning}", file=sys.stderr, flush=True)
         self.history.append(row)
         self._write_log()
         self._save_checkpoint()
         self._report_progress(self.phases[p.phase], row)
+
+    @staticmethod
+    def _evaluation_warning(row: dict) -> str | None:
+        """An epoch whose train-mode accuracy (the deepest module that trained) is far above the
+        held-out one this early: likely broken evaluation (evaluation.evaluation_warning)."""
+        trained = sorted((int(key.rsplit("_m", 1)[1]), value) for key, value in row.items()
+                         if key.startswith("train_acc_m"))
+        held_out = "val" if row.get("val_top1") is not None else "test"
+        if not trained or row.get(f"{held_out}_top1") is None:
+            return None
+        return evaluation_warning(trained[-1][1], row[f"{held_out}_top1"], row["epoch"], split=held_out)
 
     def _report_progress(self, active: list[int], row: dict | None = None) -> None:
         """Without a terminal (nohup, SLURM) the bar is hidden: a line per epoch, and at least every
@@ -493,6 +525,7 @@ class Trainer:
             "params": self.net.model_parameter_count(), "aux_params": self.net.aux_parameter_count(),
             "peak_activation_bytes": self.measurements.get("peak_activation_bytes"),
             "peak_memory_bytes": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None,
+            "warnings": [w for w in map(self._evaluation_warning, self.history) if w],
             "resumes": self.resumes, "seed": cfg.seed, "batch_size": cfg.batch_size, "device": str(self.device),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "locallearn": __version__,
             "config": cfg.to_dict(),
@@ -580,6 +613,9 @@ class Trainer:
             self._epoch_sums, self._epoch_reported = dict(state["epoch"]["sums"]), dict(state["epoch"]["reported"])
             self._epoch_count, self._epoch_seconds = state["epoch"]["count"], state["epoch"]["seconds"]
         self.saved_step = self.position.global_step
+        if self.position.phase >= len(self.phases) or self.position.batch > self.steps_per_epoch:
+            raise UserError(f"the checkpoint's position {asdict(self.position)} is outside this run ({len(self.phases)} "
+                            f"phase(s) of {self.steps_per_epoch} steps an epoch)")
         if self.position.phase_step > self.phase_steps:
             raise UserError(f"the checkpoint is at step {self.position.phase_step} of its phase, beyond the "
                             f"{self.phase_steps} steps that --epochs/--max-steps allow now")

@@ -3,6 +3,7 @@ on the test set (or the validation split). One `Tally` serves the single-process
 pipeline, whose stages each count their own modules and add up."""
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
@@ -65,3 +66,31 @@ def evaluate(net: ModularNet, rule, batches: Iterable[tuple[torch.Tensor, torch.
                     tally.add_local(module.index, logits, y)
             tally.add_output(logits, y)
     return tally.metrics(scored, tally.counts["n"])
+
+
+# A train-mode accuracy above the held-out accuracy by more than this many points ...
+SUSPICIOUS_GAP = 20.0
+# ... within this many epochs (counted from 1) is flagged. Early in training the train-mode accuracy (a
+# running mean over an epoch whose first steps came from a worse network) normally lies *below* the
+# held-out accuracy measured at the epoch's end; overfitting opens a gap only after the training set has
+# been seen several times, and is left alone from epoch EARLY_EPOCHS + 1 on, however wide.
+EARLY_EPOCHS = 2
+
+
+def evaluation_warning(train_top1: float, test_top1: float, epoch: int, split: str = "test",
+                       margin: float = SUSPICIOUS_GAP, early_epochs: int = EARLY_EPOCHS) -> str | None:
+    """A one-line warning when the train-mode top-1 of epoch `epoch` (counted from 1; the last
+    module's accuracy on its training batches, BatchNorm with batch statistics) exceeds the top-1 on
+    the held-out `split` (eval mode, running statistics) by more than `margin` points within the
+    first `early_epochs` epochs: too early for overfitting, so the likely cause is the evaluation
+    itself, e.g. BatchNorm running statistics that do not describe the trained weights. None
+    otherwise (also when either accuracy is missing or not finite)."""
+    if train_top1 is None or test_top1 is None or not math.isfinite(train_top1) or not math.isfinite(test_top1):
+        return None
+    gap = train_top1 - test_top1
+    if epoch > early_epochs or gap <= margin:
+        return None
+    return (f"warning: epoch {epoch}: train-mode top-1 {train_top1:.1f}% is {gap:.1f} points above the {split} "
+            f"top-1 {test_top1:.1f}% this early in training: likely an evaluation problem, not overfitting (e.g. "
+            f"BatchNorm running statistics that do not match the trained weights; compare eval-mode accuracy on "
+            f"training batches)")

@@ -53,10 +53,19 @@ def linear_head(shape, num_classes):
     return nn.Sequential(batchnorm(dims, shape[0]), global_pool_flatten(dims), nn.Linear(shape[0], num_classes))
 
 
+def _width(width, channels: int) -> int:
+    """A head's hidden width: the input's channels unless given; 0 or less is refused (not defaulted)."""
+    if width is None:
+        return channels
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise UserError(f"--head-kwargs width must be a whole number of at least 1, got {width!r}")
+    return width
+
+
 @HEADS.register("conv")
 def conv_head(shape, num_classes, width: int | None = None):
     dims, channels = spatial_dims(shape), shape[0]
-    width = width or channels
+    width = _width(width, channels)
     return nn.Sequential(conv(dims, channels, width, 3), batchnorm(dims, width), nn.ReLU(inplace=True),
                          global_pool_flatten(dims), nn.Linear(width, num_classes))
 
@@ -76,7 +85,7 @@ def dgl_auxiliary(shape, num_classes, convs: int, kernel: int, shrink_first: boo
         raise UserError(f"--head-kwargs convs and mlp_depth must be 0 or more, "
                         f"got convs={convs}, mlp_depth={mlp_depth}")
     dims, channels = spatial_dims(shape), shape[0]
-    width = width or channels
+    width = _width(width, channels)
     parts: list[nn.Module] = []
     if shrink_first and dims:  # a map 4 times smaller per axis
         parts.append(type(adaptive_avg_pool(dims, 1))(tuple(math.ceil(s / 4) for s in shape[1:])))

@@ -18,6 +18,8 @@ from .models import LayeredModel
 class LocalModule(nn.Module):
     """Consecutive layers of the model plus a head; `optimizer`/`scheduler` are set by the engine."""
 
+    free_gradients = True  # set .grad to None right after the update (tests that read .grad keep it)
+
     def __init__(self, index: int, layer_range: range, body: nn.Sequential, head: nn.Module, is_last: bool,
                  in_shape: tuple[int, ...], out_shape: tuple[int, ...]):
         super().__init__()
@@ -70,12 +72,16 @@ class LocalModule(nn.Module):
         return t.float() / self.scaler.scale(torch.ones((), device=t.device))
 
     def step(self) -> None:
-        """The optimizer step; under --amp fp16, after unscaling, and skipped on inf/NaN gradients."""
+        """The optimizer step; under --amp fp16, after unscaling, and skipped on inf/NaN gradients.
+        The gradients are freed right after: kept until this module's next zero_grad they would
+        sit in memory while every later module runs (a whole step of them at the peak)."""
         if self.scaler is None:
             self.optimizer.step()
         else:
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        if self.free_gradients:
+            self.optimizer.zero_grad(set_to_none=True)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

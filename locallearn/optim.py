@@ -14,7 +14,7 @@ def make_optimizer(parameters: list, cfg: TrainConfig) -> torch.optim.Optimizer:
         parameters = [torch.nn.Parameter(torch.zeros(0), requires_grad=False)]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=False)
+                               nesterov=cfg.nesterov)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -18,6 +18,8 @@ from locallearn.models import MODELS, create_model
 from locallearn.models.resnet_cifar import BasicBlock
 from locallearn.rules import RULES
 
+pytestmark = pytest.mark.usefixtures("keep_gradients")  # these tests read .grad after a step
+
 
 # ------------------------------------------------------------------------------------- selection
 def test_uniform_indices_of_the_paper_examples():

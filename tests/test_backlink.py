@@ -13,6 +13,8 @@ from locallearn.models.mlp import mlp
 from locallearn.network import ModularNet
 from locallearn.rules.backlink import LINK, BackLink, split_body
 
+pytestmark = pytest.mark.usefixtures("keep_gradients")  # these tests read .grad after a step
+
 
 def fitted(**overrides):
     trainer = Trainer(tiny_config(**overrides))

@@ -11,6 +11,8 @@ from locallearn.etf import simplex_etf
 from locallearn.rules.bpfree import etf_features, etf_features_adjoint
 from locallearn.rules.sgr import sgr_penalty
 
+pytestmark = pytest.mark.usefixtures("keep_gradients")  # these tests read .grad after a step
+
 BPFREE = ["layerwise-bpfree", "sgr-bpfree", "fa", "dfa", "drtp", "pepita"]
 
 

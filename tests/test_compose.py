@@ -24,6 +24,8 @@ from locallearn.rules import COUPLINGS, OBJECTIVES, RULES, make_rule
 from locallearn.rules.base import option_fields
 from locallearn.rules.sgr import GRADIENT, sgr_penalty
 
+pytestmark = pytest.mark.usefixtures("keep_gradients")  # these tests read .grad after a step
+
 LEAVE_STILL = dict(lr=1e-30, momentum=0.0, weight_decay=0.0)  # the step leaves .grad, moves nothing
 
 
@@ -87,7 +89,7 @@ def test_a_forward_gradient_whose_guess_is_its_target_is_the_objectives_gradient
     initial = parameters_of(Trainer(tiny_config(method=objective, rule_options=options, **settings)))
     dgl = parameters_of(fitted(method=objective, rule_options=options, **settings))
     forward = fitted(method="fwdgrad", rule_options={**options, "guess_head": objective, "target": "local",
-                                                     "space": space}, **settings)
+                                                     "space": space, "bn_stats": "ema"}, **settings)
     assert forward.rule.name == f"fwdgrad+{objective}"
     found = parameters_of(forward)
     for key, value in dgl.items():

@@ -32,6 +32,7 @@ def test_checkpoint_rule_equals_bp_exactly_including_batchnorm_statistics():
     assert ckpt_result["peak_activation_bytes"] < bp_result["peak_activation_bytes"]
 
 
+@pytest.mark.usefixtures("keep_gradients")
 def test_no_gradient_crosses_a_module_boundary():
     """With lr = 0 nothing moves, so after one dgl step every module's .grad must be exactly the
     gradient of its own local loss on its (detached) input, and nothing from the modules above."""
@@ -152,3 +153,30 @@ def test_non_finite_loss_stops_names_the_module_and_keeps_the_last_good_checkpoi
 def test_bp_rejects_several_modules():
     with pytest.raises(UserError, match="use --modules 1"):
         Trainer(tiny_config(method="bp", modules=4))
+
+
+def test_nesterov_is_sgds_and_needs_momentum():
+    trainer = Trainer(tiny_config(nesterov=True, max_steps=1))
+    assert all(m.optimizer.defaults["nesterov"] for m in trainer.net)
+    with pytest.raises(UserError, match="--nesterov needs --optimizer sgd"):
+        tiny_config(nesterov=True, optimizer="adam").validate()
+
+
+def test_gradients_are_freed_as_soon_as_a_module_steps():
+    """A module's .grad would otherwise live on while every later module runs (issue 26)."""
+    for method in ("dgl", "bp", "sgr", "backlink", "fwdgrad"):
+        trainer = Trainer(tiny_config(method=method, modules=1 if method == "bp" else 2, max_steps=1))
+        trainer.fit()
+        assert all(p.grad is None for p in trainer.net.parameters()), method
+
+
+def test_an_epoch_far_better_in_train_mode_than_held_out_is_flagged(capsys):
+    """Train-mode accuracy far above the test accuracy in the first epochs: a likely evaluation
+    problem (issue 28); train and bench say so in one line, result.json keeps it."""
+    trainer = Trainer(tiny_config(max_steps=1))
+    row = {"epoch": 1, "train_acc_m0": 40.0, "train_acc_m1": 60.0, "test_top1": 10.0}
+    assert "train-mode top-1 60.0% is 50.0 points above the test top-1" in trainer._evaluation_warning(row)
+    assert trainer._evaluation_warning({**row, "val_top1": 55.0}) is None  # the held-out split is val
+    assert trainer._evaluation_warning({**row, "epoch": 5}) is None       # overfitting, later, is not flagged
+    result = trainer.fit()
+    assert result["warnings"] == [w for w in map(trainer._evaluation_warning, trainer.history) if w]

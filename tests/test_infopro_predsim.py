@@ -14,6 +14,8 @@ from locallearn.rules import RULES
 from locallearn.rules.infopro import infopro_classifier, linear_schedule, reconstruction_target
 from locallearn.rules.predsim import pooled_sizes, similarity_matrix
 
+pytestmark = pytest.mark.usefixtures("keep_gradients")  # these tests read .grad after a step
+
 
 # ------------------------------------------------------------------------------------- PredSim
 def reference_similarity(x: torch.Tensor) -> torch.Tensor:

@@ -96,7 +96,8 @@ class AuthorsNet(nn.Module):
 
 
 def ours(method: str, beta: float, leaky: bool) -> Trainer:
-    options = {} if method == "bp" else {"predsim_beta": beta, "predsim_scale_last": beta not in (0.0, 1.0)}
+    options = {} if method == "bp" else {"predsim_beta": beta, "predsim_scale_last": beta not in (0.0, 1.0),
+                                         "predsim_zero_output": True}
     return Trainer(tiny_config(
         method=method, model="mlp", split="even" if method == "bp" else "layer", modules=None,
         optimizer="adam", lr=LR, weight_decay=0.0, batch_size=32, measure=False,

@@ -14,6 +14,8 @@ from locallearn.errors import UserError
 from locallearn.module_state import frozen_batchnorm_statistics
 from locallearn.rules.sgr import GRADIENT, SuccessiveGradientReconciliation, sgr_penalty
 
+pytestmark = pytest.mark.usefixtures("keep_gradients")  # these tests read .grad after a step
+
 
 def copied(message: dict) -> dict:
     """A message as handed down (module k+1 takes the gradient out and reuses its buffer)."""

@@ -7,8 +7,9 @@ import re
 from pathlib import Path
 
 from ..errors import UserError
-from . import ANALYSES, Analysis
-from .plot_log import read_log
+from . import ANALYSES, Analysis, check_output, save_figure
+from ..checkpointing import read_log
+from .plot_log import log_number
 
 COLUMN = re.compile(r"train_align_m(\d+)$")
 
@@ -19,8 +20,9 @@ def alignment_curves(directory: str | Path) -> dict[int, list[tuple[int, float]]
     blocks = sorted(int(m.group(1)) for c in (rows[0] if rows else {}) if (m := COLUMN.match(c)))
     if not blocks:
         raise UserError(f"{directory} has no train_align_m* columns; train it with fwdgrad --log-alignment")
-    return {k: [(int(r["epoch"]), float(r[f"train_align_m{k}"])) for r in rows
-                if r.get(f"train_align_m{k}") not in ("", None)] for k in blocks}
+    return {k: [(log_number(r.get("epoch"), "epoch", i + 1, directory),
+                 log_number(r[f"train_align_m{k}"], f"train_align_m{k}", i + 1, directory))
+                for i, r in enumerate(rows) if r.get(f"train_align_m{k}") not in ("", None)] for k in blocks}
 
 
 @ANALYSES.register("alignment")
@@ -38,6 +40,7 @@ class Alignment(Analysis):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        output = check_output(args.output, image=True)
         curves = {run: alignment_curves(run) for run in args.runs}
         blocks = sorted({k for per_run in curves.values() for k in per_run})
         columns = min(4, len(blocks))
@@ -56,6 +59,6 @@ class Alignment(Analysis):
         axes.flat[0].set_ylabel("cos(guess, global target)", fontsize=8)
         axes.flat[0].legend(fontsize=6)
         fig.tight_layout()
-        fig.savefig(args.output, dpi=120)
-        print(f"wrote {args.output} ({len(curves)} runs, {len(blocks)} blocks)")
+        save_figure(fig, output)
+        print(f"wrote {output} ({len(curves)} runs, {len(blocks)} blocks)")
         return 0

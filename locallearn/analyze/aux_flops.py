@@ -14,14 +14,17 @@ quantity of Figure 5.
 """
 from __future__ import annotations
 
+import math
+
 from .. import auxnets
 from ..checkpointing import save_json
 from ..config import parse_kwargs
 from ..errors import UserError
+from ..memory import check_memory
 from ..models import create_model
 from ..rules import RULES
 from ..split import split_layers
-from . import ANALYSES, Analysis
+from . import ANALYSES, Analysis, check_output
 
 TABLE7_DEPTHS = "2,3,4,5,6"
 
@@ -107,6 +110,15 @@ class AuxFlops(Analysis):
             shape = tuple(int(v) for v in args.input_shape.split("x"))
         except ValueError:
             raise UserError(f"--input-shape expects sizes like 3x32x32, got {args.input_shape!r}") from None
+        if not shape or any(s < 1 for s in shape):
+            raise UserError(f"--input-shape needs positive sizes, got {args.input_shape!r}")
+        check_memory(4 * math.prod(shape), f"--input-shape {args.input_shape}: one input")
+        if args.classes < 2:
+            raise UserError(f"--classes must be at least 2, got {args.classes}")
+        if args.modules is not None and args.modules < 1:
+            raise UserError(f"--modules must be at least 1, got {args.modules}")
+        if args.json:
+            check_output(args.json, "--json")
         depths = _numbers(args.aux_depth, int, "--aux-depth")
         decays = _numbers(args.pyramid_decay, float, "--pyramid-decay")
         model = create_model(args.model, shape, args.classes, **parse_kwargs(args.model_kwargs, "--model-kwargs"))

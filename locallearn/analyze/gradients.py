@@ -36,7 +36,7 @@ from ..errors import UserError
 from ..rules.base import detached_input
 from ..rules.bpfree import LayerwiseBPFree
 from ..rules.sgr import NORMALISATIONS, REDUCTIONS, sgr_penalty
-from . import ANALYSES, Analysis, load_run
+from . import ANALYSES, Analysis, check_output, check_seed, load_run
 
 
 class _Recorder:
@@ -253,6 +253,8 @@ class Gradients(Analysis):
             raise UserError("--batches and --batch-size must be at least 1")
         if args.step_size is not None and not (args.step_size >= 0 and math.isfinite(args.step_size)):
             raise UserError(f"--step-size must be a finite number >= 0, got {args.step_size}")
+        check_seed(args.seed)
+        output = check_output(Path(args.output) if args.output else Path(args.run) / "gradients.json")
         trainer = load_run(args.run)
         batch_size = args.batch_size or trainer.cfg.batch_size
         batches = []
@@ -265,7 +267,6 @@ class Gradients(Analysis):
         print(f"{trainer.cfg.method} K={len(trainer.net)} on {trainer.cfg.dataset}: {len(batches)} batches of "
               f"{batch_size}, step size {step_size:g} for Delta L_k")
         print(format_rows(rows))
-        output = Path(args.output) if args.output else Path(args.run) / "gradients.json"
         save_json({"run": str(args.run), "method": trainer.cfg.method, "batches": len(batches),
                    "batch_size": batch_size, "step_size": step_size, "rows": rows}, output)
         print(f"wrote {output}")

@@ -20,6 +20,7 @@ memory is that of one layer's outputs, whatever the depth. Both write a PNG (per
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterator
 
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from ..checkpointing import save_json
 from ..errors import UserError
 from ..rules.predsim import pooled_sizes
-from . import ANALYSES, Analysis, load_run
+from . import ANALYSES, Analysis, check_output, check_threads, load_run, save_figure
 
 
 # ---------------------------------------------------------------------------------------- maths
@@ -137,8 +138,7 @@ def _plot(series: dict[str, list[float]], ylabel: str, title: str, output: str) 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
+    save_figure(fig, output)
 
 
 def _save(series: dict, output: str, extra: dict) -> Path:
@@ -185,6 +185,9 @@ class CKA(Analysis):
 
     def run(self, args) -> int:
         _positive(args, "samples", "batch_size")
+        check_threads(args.threads)
+        check_output(args.output, image=True)
+        check_output(Path(args.output).with_suffix(".json"))
         if args.threads:
             torch.set_num_threads(args.threads)
         reference, reference_model = _load(args.reference, args.device)
@@ -230,8 +233,11 @@ class Probe(Analysis):
 
     def run(self, args) -> int:
         _positive(args, "train_samples", "test_samples", "max_features", "epochs", "batch_size")
-        if not args.lr > 0:
-            raise UserError(f"--lr must be positive, got {args.lr}")
+        if not (args.lr > 0 and math.isfinite(args.lr)):
+            raise UserError(f"--lr must be a finite positive number, got {args.lr}")
+        check_threads(args.threads)
+        check_output(args.output, image=True)
+        check_output(Path(args.output).with_suffix(".json"))
         if args.threads:
             torch.set_num_threads(args.threads)
         series: dict[str, list[float]] = {}

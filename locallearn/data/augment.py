@@ -9,7 +9,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
+
 AUGMENT_CHOICES = ("none", "crop", "crop-flip")
+
+
+def check_crop_padding(input_shape: tuple[int, ...], padding: int) -> None:
+    """A crop's padding must be smaller than every side it pads: a larger shift could crop nothing
+    but padding (and a huge one would allocate a huge padded batch)."""
+    sides = [s for s in input_shape[1:] if s >= 2]
+    if sides and padding >= min(sides):
+        raise UserError(f"--crop-padding {padding} must be smaller than the inputs' side {min(sides)} (shape "
+                        f"{tuple(input_shape)}): a larger shift could crop nothing but padding")
 
 
 def _padding(size: int) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpointing import open_regular
 from ..errors import UserError
+from ..memory import check_memory
 from .source import TensorData
 from .vision import _torchvision
 
@@ -53,13 +56,23 @@ IDX_DATASETS = {
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """The array stored in one idx file (gzipped or not); any defect is a one-line UserError."""
+    """The array stored in one idx file (gzipped or not); any defect is a one-line UserError. The
+    header is read first and the size it declares checked against the memory available, so a
+    gzipped file is never inflated beyond what its header declares (nor at all when that is too much)."""
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":  # gzip's magic number
-            raw = gzip.decompress(raw)
+        with open_regular(path) as handle:
+            gzipped = handle.read(2) == b"\x1f\x8b"  # gzip's magic number
+            handle.seek(0)
+            stream = gzip.GzipFile(fileobj=handle, mode="rb") if gzipped else handle
+            return _read_idx_stream(path, stream, None if gzipped else os.fstat(handle.fileno()).st_size)
     except (OSError, EOFError, zlib.error) as error:  # unreadable, or a broken/truncated .gz
         raise UserError(f"{path}: cannot read it ({error})") from None
+
+
+def _read_idx_stream(path: Path, stream, file_size: int | None) -> np.ndarray:
+    """`file_size`: the size of a plain file (None for a gzipped stream, whose size is only known by
+    inflating it)."""
+    raw = stream.read(4)
     if len(raw) < 4:
         raise UserError(f"{path}: not an idx file ({len(raw)} bytes, shorter than the 4-byte magic number)")
     if raw[0] or raw[1] or raw[2] not in IDX_DTYPES or raw[3] == 0:
@@ -67,16 +80,25 @@ def read_idx(path: Path) -> np.ndarray:
                         f"among {', '.join(f'0x{c:02x}' for c in IDX_DTYPES)}, and at least one dimension)")
     dtype, ndim = np.dtype(IDX_DTYPES[raw[2]]), raw[3]
     header = 4 + 4 * ndim
+    raw += stream.read(header - 4)
     if len(raw) < header:
         raise UserError(f"{path}: truncated idx header ({ndim} dimensions need {header} bytes, the file has "
                         f"{len(raw)})")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected, found = math.prod(dims) * dtype.itemsize, len(raw) - header
-    if found != expected:
+    expected = math.prod(dims) * dtype.itemsize
+    if file_size is not None and file_size - header != expected:
+        found = file_size - header
         problem = "truncated" if found < expected else "corrupt"
         raise UserError(f"{path}: {problem}: the header declares shape {dims} ({expected} bytes of data) but "
                         f"{found} bytes follow")
-    return np.frombuffer(raw, dtype, math.prod(dims), header).reshape(dims).astype(dtype.newbyteorder("="))
+    check_memory(2 * expected, f"{path} (shape {dims}, {dtype.name})")  # the bytes read and the native copy
+    data = stream.read(expected + 1)  # one more: a longer file is corrupt
+    if len(data) != expected:
+        problem = "truncated" if len(data) < expected else "corrupt"
+        follow = f"{len(data)}" if len(data) < expected else f"more than {expected}"
+        raise UserError(f"{path}: {problem}: the header declares shape {dims} ({expected} bytes of data) but "
+                        f"{follow} bytes follow")
+    return np.frombuffer(data, dtype, math.prod(dims)).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def _find_file(folder: Path, stem: str) -> Path | None:

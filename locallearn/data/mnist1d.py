@@ -17,7 +17,10 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..memory import check_memory
 from .source import TensorData
+
+BYTES_PER_SAMPLE = 4 * 8 * 72  # generation: a few float64 copies of each padded signal (mnist1d pads to 72)
 
 
 def cache_dir() -> Path:
@@ -36,14 +39,17 @@ def generate(samples: int, seed: int) -> dict[str, np.ndarray]:
 def load_mnist1d(samples: int = 5000, seed: int = 42) -> TensorData:
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 50:
         raise UserError(f"mnist1d samples={samples!r}: give an integer of at least 50 (4/5 train, 1/5 test, 10 classes)")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise UserError(f"mnist1d seed={seed!r}: give an integer")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        raise UserError(f"mnist1d seed={seed!r}: give an integer from 0 to 2**32 - 1")
     key = hashlib.sha1(json.dumps({"samples": samples, "seed": seed, "v": 1}).encode()).hexdigest()[:12]
     path = cache_dir() / f"mnist1d-{samples}-{seed}-{key}.npz"
     try:
-        with np.load(path) as cached:
+        if not path.is_file():  # nor a FIFO or a device put in its place: np.load would block on it
+            raise FileNotFoundError(path)
+        with np.load(path, allow_pickle=False) as cached:
             arrays = {name: cached[name] for name in ("x", "y", "x_test", "y_test")}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing, empty or damaged cache
+        check_memory(BYTES_PER_SAMPLE * samples, f"generating mnist1d with samples={samples}")
         arrays = generate(samples, seed)
         try:  # write-then-rename, so a half-written cache file is never read
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,19 +7,31 @@ Accepted layouts of x (`layout=` in --dataset-kwargs, default auto):
 - NCHW / NHWC        -> (N, C, H, W); auto picks NHWC when the last axis has 1, 3 or 4 entries
                         and the second does not
 uint8 data is scaled to [0, 1]; every input is then standardized per channel with train statistics.
+
+The file is read member by member: each array's .npy header is read first and the memory its
+shape asks for is compared with the memory available before anything is allocated (a header
+claiming 2^40 values, or a member that inflates to more than fits, is refused in one line). Only
+numeric arrays are read (never pickled objects). Float data must fit float32, which training uses:
+a float64 value beyond +-3.4e38 is refused rather than turned into infinity.
 """
 from __future__ import annotations
 
+import math
 import zipfile
+import zlib
 
 import numpy as np
 import torch
 
+from ..checkpointing import first_line, open_regular
 from ..errors import UserError
+from ..memory import check_memory
 from .source import TensorData
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 LAYOUTS = ("auto", "ND", "NHW", "NCL", "NLC", "NCHW", "NHWC")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+LABEL_LIMIT = 2 ** 62  # larger labels cannot be class indices (and would not survive int64)
 
 
 def _to_channels_first(x: np.ndarray, layout: str) -> np.ndarray:
@@ -50,33 +62,102 @@ def _labels(y: np.ndarray, name: str, n: int) -> torch.Tensor:
             raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
     if y.size and y.min() < 0:
         raise ValueError(f"{name} has negative labels")
+    if y.size and y.max() >= LABEL_LIMIT:
+        raise ValueError(f"{name} has the label {int(y.max())}, too large to be a class index (labels are the "
+                         "classes 0..C-1)")
     return torch.from_numpy(y.astype(np.int64))
 
 
 def _inputs(x: np.ndarray, name: str, layout: str) -> torch.Tensor:
     if not (np.issubdtype(x.dtype, np.floating) or x.dtype == np.uint8):
         raise ValueError(f"{name} must be uint8 or float, got dtype {x.dtype}")
-    x = np.ascontiguousarray(_to_channels_first(x, layout))
-    tensor = torch.from_numpy(x if x.dtype == np.uint8 else x.astype(np.float32))
-    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return tensor
+    x = _to_channels_first(x, layout)
+    if len(x) and math.prod(x.shape[1:]) == 0:
+        raise ValueError(f"{name} samples hold no values (shape {tuple(x.shape[1:])}); each sample needs at least one")
+    if x.dtype != np.uint8 and x.size:
+        if not (np.isfinite(x.min()) and np.isfinite(x.max())):  # NaN or inf propagate into the min or max
+            raise ValueError(f"{name} contains NaN or infinite values")
+        if x.dtype.itemsize > 4:
+            extreme = max(-float(x.min()), float(x.max()))
+            if extreme > FLOAT32_MAX:
+                raise ValueError(f"{name} holds the value {extreme:.3g}, beyond float32's range (+-3.4e38) that "
+                                 "training computes in; rescale the data")
+    copies = (0 if x.flags.c_contiguous else x.nbytes) + (0 if x.dtype in (np.uint8, np.float32) else 4 * x.size)
+    if copies:
+        check_memory(copies, f"converting {name} {tuple(x.shape)} {x.dtype} to contiguous float32")
+    x = np.ascontiguousarray(x)
+    return torch.from_numpy(x if x.dtype in (np.uint8, np.float32) else x.astype(np.float32))
+
+
+def _member(archive: zipfile.ZipFile, key: str) -> zipfile.ZipInfo | None:
+    for name in (f"{key}.npy", key):
+        try:
+            return archive.getinfo(name)
+        except KeyError:
+            continue
+    return None
+
+
+def _header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> tuple[tuple, np.dtype]:
+    """The shape and dtype that member `key` declares, read from its .npy header alone."""
+    with archive.open(info) as member:
+        try:
+            version = np.lib.format.read_magic(member)
+        except ValueError:
+            raise ValueError(f"{key} is not a .npy array (no .npy magic number)") from None
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(member)
+    if dtype.hasobject:
+        raise ValueError(f"{key} holds Python objects (pickled data), which locallearn never loads; save numeric "
+                         "arrays")
+    return shape, dtype
+
+
+def _read_arrays(path: str) -> dict[str, np.ndarray]:
+    with open_regular(path, why="give an .npz file") as handle:
+        start = handle.read(6)
+        handle.seek(0)
+        if start.startswith(b"\x93NUMPY"):
+            raise ValueError("it is an .npy file (one array), not an .npz archive of x_train, y_train, x_test, "
+                             "y_test: save them with numpy.savez")
+        if not start.startswith(b"PK"):
+            raise ValueError("it is empty" if not start else
+                             "it is not a zip archive (what numpy.savez writes); it does not start with 'PK'")
+        with zipfile.ZipFile(handle) as archive:
+            found = {key: _member(archive, key) for key in KEYS}
+            missing = [key for key, info in found.items() if info is None]
+            if missing:
+                names = sorted(n.removesuffix(".npy") for n in archive.namelist())
+                raise UserError(f"{path}: missing array(s) {', '.join(missing)}; an .npz dataset needs "
+                                f"{', '.join(KEYS)} (found: {', '.join(names) or 'none'})")
+            headers = {key: _header(archive, info, key) for key, info in found.items()}
+            sizes = {key: math.prod(shape) * dtype.itemsize for key, (shape, dtype) in headers.items()}
+            described = ", ".join(f"{key} {shape} {dtype}" for key, (shape, dtype) in headers.items())
+            check_memory(sum(sizes.values()), f"{path} ({described})")
+            for key, info in found.items():
+                if info.file_size < sizes[key]:
+                    shape, dtype = headers[key]
+                    raise ValueError(f"{key} is truncated: its header declares shape {shape} of {dtype} "
+                                     f"({sizes[key]} bytes) but its member holds {info.file_size} bytes")
+            arrays = {}
+            for key, info in found.items():
+                with archive.open(info) as member:
+                    arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
+            return arrays
 
 
 def load_npz(path: str, layout: str = "auto") -> TensorData:
     if layout not in LAYOUTS:
         raise UserError(f"unknown npz layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [key for key in KEYS if key not in archive.files]
-            if missing:
-                raise UserError(f"{path}: missing array(s) {', '.join(missing)}; an .npz dataset needs "
-                                f"{', '.join(KEYS)} (found: {', '.join(archive.files) or 'none'})")
-            arrays = {key: archive[key] for key in KEYS}
-    except FileNotFoundError:
-        raise UserError(f"dataset file {path} does not exist") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise UserError(f"{path} is not a readable .npz file: {error}") from None
+        arrays = _read_arrays(path)
+    except UserError as error:
+        if str(error) == f"{path} does not exist":
+            raise UserError(f"dataset file {path} does not exist") from None
+        raise
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile, zipfile.LargeZipFile,
+            NotImplementedError) as error:
+        raise UserError(f"{path} is not a readable .npz file: {first_line(error)}") from None
     return arrays_to_data(name=path.rsplit("/", 1)[-1], arrays=arrays, layout=layout, where=path)
 
 

@@ -14,12 +14,14 @@
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 
 from ..errors import UserError
+from ..memory import check_memory
 from .npz import KEYS, arrays_to_data
 
 DEFAULT_MAX_GIB = 4.0
@@ -73,10 +75,12 @@ def _read(source, split: str, max_gib: float) -> tuple[np.ndarray, np.ndarray]:
         else:
             x = _as_array(item[0], f"{split} sample {i}")[None]
             y = np.asarray([_label(item[1], f"the label of {split} sample {i}")])
-        if i == 0 and count is not None and x.nbytes / len(x) * count > max_gib * 2 ** 30:
+        if i == 0 and count is not None and len(x) and x.nbytes / len(x) * count > max_gib * 2 ** 30:
             raise UserError(f"the {split} set would take {x.nbytes / len(x) * count / 2 ** 30:.1f} GiB in memory "
                             f"(more than max_gib={max_gib:g}); give an image folder to stream it, or raise "
                             "dataset_kwargs={'max_gib': ...}")
+        if i == 0 and count is not None and len(x):  # read once, then joined into one array: twice at the peak
+            check_memory(2 * x.nbytes / len(x) * count, f"reading the {split} set ({count} samples)")
         total += x.nbytes
         if total > max_gib * 2 ** 30:
             raise UserError(f"the {split} set takes more than {max_gib:g} GiB in memory (max_gib); give an image "
@@ -104,6 +108,9 @@ def data_name(data) -> str:
 
 def data_from_objects(data, layout: str = "auto", max_gib: float = DEFAULT_MAX_GIB):
     """A data source for `data` (see the module docstring)."""
+    if isinstance(max_gib, bool) or not isinstance(max_gib, (int, float)) or not math.isfinite(max_gib) \
+            or max_gib <= 0:
+        raise UserError(f"dataset_kwargs max_gib must be a positive number of GiB, got {max_gib!r}")
     if is_data_source(data):
         return data
     if isinstance(data, Mapping):

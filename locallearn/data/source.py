@@ -12,7 +12,10 @@ from typing import Iterator
 import torch
 
 from ..errors import UserError
+from ..memory import check_memory
 from .augment import augment_batch
+
+COLLAPSE_SAMPLE = 4096  # values per channel on which standardisation is checked not to merge distinct values
 
 
 def check_labels(name: str, y_train: torch.Tensor, y_test: torch.Tensor, num_classes: int) -> None:
@@ -31,10 +34,12 @@ def check_labels(name: str, y_train: torch.Tensor, y_test: torch.Tensor, num_cla
                                if split == "test" else ""))
     if num_classes < 2:
         raise UserError(f"{name}: {num_classes} class; a classifier needs at least 2 classes")
-    missing = sorted(set(range(num_classes)) - set(torch.unique(y_train).tolist()))
-    if missing:
-        raise UserError(f"{name}: class {missing[0]} has no training sample ({len(missing)} of {num_classes} classes "
-                        "missing); labels must be 0..C-1 with every class in the training set")
+    present = torch.unique(y_train.cpu())  # sorted; never a set of all C classes (C may be huge)
+    if len(present) < num_classes:
+        differ = (present != torch.arange(len(present))).nonzero()
+        first = int(differ[0]) if len(differ) else len(present)
+        raise UserError(f"{name}: class {first} has no training sample ({num_classes - len(present)} of {num_classes} "
+                        "classes missing); labels must be 0..C-1 with every class in the training set")
 
 
 def standardize_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,6 +49,28 @@ def standardize_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mean = x.mean(dim=dims, keepdim=True)[0]
     std = x.std(dim=dims, keepdim=True)[0].clamp_min(1e-6)
     return mean, std
+
+
+def check_standardizable(name: str, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Standardising with the training statistics must keep the data: refused when a statistic
+    overflows float32, or when, on a sample of each channel, it merges most distinct values into
+    one (a few extreme values make the std so large that float32 cannot tell the others apart)."""
+    if not (bool(torch.isfinite(mean).all()) and bool(torch.isfinite(std).all())):
+        extreme = float(x.float().abs().max()) if x.numel() else 0.0
+        raise UserError(f"{name}: the training inputs' per-channel standard deviation overflows float32 (values up "
+                        f"to {extreme:.3g}); rescale the data or remove the extreme values")
+    if x.dtype == torch.uint8 or len(x) < 2:
+        return
+    rows = x[torch.linspace(0, len(x) - 1, min(len(x), 256)).long()].float()
+    for c in range(x.shape[1]):
+        values = rows[:, c].reshape(-1)[:COLLAPSE_SAMPLE]
+        before = len(torch.unique(values))
+        after = len(torch.unique(((values - mean[c]) / std[c])))
+        if before >= 8 and after * 2 <= before:
+            raise UserError(f"{name}: standardising channel {c} with the training mean {float(mean[c].flatten()[0]):.3g} "
+                            f"and std {float(std[c].flatten()[0]):.3g} turns {before} distinct sampled values into "
+                            f"{after} (float32 cannot tell them apart): a few extreme values (up to "
+                            f"{float(x[:, c].abs().max()):.3g}) dominate; remove or rescale them")
 
 
 @dataclass
@@ -67,7 +94,10 @@ class TensorData:
                 raise UserError(f"{self.name}: {len(x)} {split} inputs but {len(y)} labels")
         check_labels(self.name, self.y_train, self.y_test, self.num_classes)
         if self.mean is None:
+            if self.x_train.dtype == torch.uint8:  # the statistics are taken on a float copy (two at the peak)
+                check_memory(8 * self.x_train.numel(), f"{self.name}: the statistics of the training inputs")
             self.mean, self.std = standardize_stats(self.x_train)
+            check_standardizable(self.name, self.x_train, self.mean, self.std)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -10,6 +10,7 @@ import math
 import torch
 
 from ..errors import UserError
+from ..memory import check_memory
 from .source import TensorData
 
 
@@ -30,6 +31,12 @@ def load_synthetic(shape=(3, 8, 8), classes: int = 10, train: int = 512, test: i
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
         raise UserError(f"synthetic noise={noise!r}: give a finite number >= 0")
     shape = tuple(shape)
+    if seed >= 2 ** 63:
+        raise UserError(f"synthetic seed={seed}: give an integer below 2**63")
+    # float32 prototypes, the kept sets, and the three temporaries of drawing the larger set
+    values = math.prod(shape)
+    check_memory(4 * values * (classes + max(4 * train, train + 4 * test)),
+                 f"synthetic data of shape {'x'.join(map(str, shape))} (classes={classes}, train={train}, test={test})")
     generator = torch.Generator().manual_seed(seed)
     prototypes = torch.randn(classes, *shape, generator=generator)
 

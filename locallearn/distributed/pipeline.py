@@ -153,6 +153,12 @@ class PipelineTrainer(Trainer):
         self._check_resumed_positions()
 
     # ------------------------------------------------------------------ the seams
+    def _folders_to_lock(self) -> list[Path]:
+        """The folders this rank writes into: its stage's (replica 0 writes it) and, on rank 0, the
+        run's; a second job on the same --out is refused by the rank that would write."""
+        folders = [self.out] if self.out and self.layout.replica == 0 else []
+        return folders + ([self.root_out] if self.root_out and self.layout.rank == 0 else [])
+
     def _stage_groups(self, n_modules: int) -> list[int]:
         """--split balanced balances the stages: stage s runs the modules `stage_modules` gives it."""
         self._check_enough_modules(n_modules)

@@ -32,6 +32,8 @@ def step_all(net: ModularNet, loss: torch.Tensor) -> None:
             module.optimizer.step()
         else:
             scaler.step(module.optimizer)
+        if module.free_gradients:
+            module.optimizer.zero_grad(set_to_none=True)  # freed as soon as applied
     if scaler is not None:
         scaler.update()
 

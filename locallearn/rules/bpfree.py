@@ -432,6 +432,11 @@ class Pepita(BPFreeRule):
     pepita_scale: float = option(0.05, "scale of the fixed input projection F: entries U(-1,1) * scale * "
                                        "sqrt(6/input size) (the PEPITA paper's 0.05)")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (self.pepita_scale > 0 and math.isfinite(self.pepita_scale)):
+            raise ValueError(f"--pepita-scale must be a finite number > 0, got {self.pepita_scale}")
+
     def setup(self, net: ModularNet) -> None:
         super().setup(net)
         for unit in self.hidden:

@@ -45,6 +45,19 @@ blocks together through one forward sweep and steps every block at the end (`for
 once. The number of directions is what the estimate needs: one per block
 (--projection-granularity block), one per parameter tensor (sample-tensor), and one per sample on
 top when a train-mode BatchNorm after the perturbation mixes samples (see `forward_gradient.py`).
+
+BatchNorm running statistics (`--bn-stats`, issue 28). Training normalises with the batch statistics,
+evaluation with the running ones. The estimates move the weights fast in directions that a train-mode
+BN does not see (those that shift or rescale a channel before a BN, to which the batch gradient is
+blind and the per-sample projections are not), so PyTorch's running average, which mixes the
+statistics of the last ~1/momentum steps' weights, lags them, and the eval-mode network can be at
+chance while the train-mode one learns (the authors' code does the same). `follow` (the default)
+carries the running statistics along with every step: one forward pass without graph of the stepped
+network on the step's batch measures how the step moved every BN's batch statistics, the running
+mean is shifted and the running variance rescaled by that change, then averaged with the new batch
+statistics, with equal weights for the first 1/momentum batches
+(`module_state.follow_running_statistics`). The updates are the same bit for bit; only the running
+buffers differ. `ema` keeps PyTorch's running average.
 """
 from __future__ import annotations
 
@@ -59,7 +72,7 @@ import torch.nn.functional as F
 from .. import forward_gradient as fg
 from .. import forward_sweep as fs
 from ..errors import UserError
-from ..module_state import frozen_batchnorm_statistics
+from ..module_state import follow_running_statistics, frozen_batchnorm_statistics, running_statistics
 from ..network import LocalModule, ModularNet
 from ..per_sample import BlockTensors
 from .base import Rule, Stats, detached_input, option, record
@@ -76,6 +89,7 @@ FWD_MODES = ("emulate", "jvp")
 JVP_SCHEDULES = ("sweep", "per-block")
 PROJECTIONS = ("guess", "span")
 BN_JVP = ("exact", "single")
+BN_STATS = ("follow", "ema")
 
 
 def _gradients(output: torch.Tensor, inputs: Sequence[torch.Tensor], grad_output: torch.Tensor | None = None,
@@ -194,6 +208,11 @@ class ForwardGradient(Rule):
     bn_jvp: str = option("exact", "per-sample derivatives in --fwd-mode jvp when a train-mode BatchNorm after "
                                   "the perturbation mixes samples: exact = one JVP per sample; single = one JVP, "
                                   "per-sample loss tangents (same batch total, not the same split)", BN_JVP)
+    bn_stats: str = option("follow", "BatchNorm running statistics (what evaluation normalises with): follow = after "
+                                     "each step they are carried by the change the step made to the batch statistics "
+                                     "of its batch (one forward pass without graph) and averaged from the first "
+                                     "batch; ema = PyTorch's running average of the batch statistics (the authors'), "
+                                     "which lags the weights this estimator moves fast", BN_STATS)
     log_alignment: bool = option(False, "log align/k, the cosine between guess and global target per block "
                                         "(Figures 4-5); costs a backward pass unless emulate with global target")
 
@@ -204,7 +223,8 @@ class ForwardGradient(Rule):
                                      ("--random-scale", self.random_scale, RANDOM_SCALES),
                                      ("--fwd-mode", self.fwd_mode, FWD_MODES),
                                      ("--jvp-schedule", self.jvp_schedule, JVP_SCHEDULES),
-                                     ("--projection", self.projection, PROJECTIONS), ("--bn-jvp", self.bn_jvp, BN_JVP)):
+                                     ("--projection", self.projection, PROJECTIONS), ("--bn-jvp", self.bn_jvp, BN_JVP),
+                                     ("--bn-stats", self.bn_stats, BN_STATS)):
             if value not in choices:
                 raise ValueError(f"unknown {flag} {value!r}; choose one of: {', '.join(choices)}")
         if self.guess in ("ntk", "fixed-ntk") and self.target != "global":
@@ -267,13 +287,25 @@ class ForwardGradient(Rule):
                 for m in module.head.modules():
                     if hasattr(m, "reset_parameters"):
                         m.reset_parameters()
+        before = running_statistics(net) if self.bn_stats == "follow" else None
         if self.fwd_mode == "jvp" and self.target == "global" and self.jvp_schedule == "sweep":
             self._sweep_step(net, x, y, stats)
         elif self.fwd_mode == "jvp":
             self._forward_mode_step(net, x, y, stats)
         else:
             self._emulated_step(net, x, y, stats)
+        if before is not None:
+            follow_running_statistics(before, lambda: self._evaluation_forward(net, x), net)
         return stats
+
+    def _evaluation_forward(self, net: ModularNet, x: torch.Tensor) -> None:
+        """What evaluation runs (every block, and the heads that are scored), for the batch
+        statistics of the stepped network (`--bn-stats follow`)."""
+        h = x
+        for module in net:
+            h = module.body(h)
+            if module.is_last or self.uses_aux_heads:
+                self.logits(module, h)
 
     def _recording(self, module: LocalModule, keep_outputs: bool):
         """Per-sample copies of block `module`'s tensors need each layer's input (and output)."""
@@ -564,3 +596,5 @@ class ForwardGradient(Rule):
         for parameter, gradient in pairs:  # an estimate made under --amp has the autocast dtype
             parameter.grad = gradient.detach().to(parameter.dtype)
         module.optimizer.step()
+        if module.free_gradients:  # freed as soon as applied, as LocalModule.step
+            module.optimizer.zero_grad(set_to_none=True)

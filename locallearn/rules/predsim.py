@@ -19,8 +19,10 @@ as in the authors' code (github.com/anokland/local-loss, `LocalLossBlockConv`):
 
 `--predsim-beta 0` is their `--loss-sup pred` and `--predsim-beta 1` their `--loss-sup sim` (the unused
 head then gets no gradient). The last module learns from the plain cross-entropy of the model's
-classifier, whose last linear weight starts at zero as theirs (`--no-predsim-zero-output` keeps
-PyTorch's init); with `mlp output_layer=True` and `--split layer` that module is the output layer
+classifier. Deviation: theirs starts with a zero output weight, ours with PyTorch's init unless
+`--predsim-zero-output` (under SGR couplings a zero output layer hands down a vanishing input
+gradient whose normalised penalty explodes); with `mlp output_layer=True` and `--split layer` that
+module is the output layer
 alone, trained on the detached last hidden layer, as their `Net`. The authors scale
 their output layer's loss by (1 - beta) too, under Adam where a constant factor changes nothing:
 `--predsim-scale-last` does it here.
@@ -125,8 +127,10 @@ class PredSimObjective(Objective):
     predsim_scale_last: bool = option(False, "PredSim: the last module's cross-entropy is scaled by 1 - beta, "
                                              "as the authors' output layer (under Adam)")
 
-    predsim_zero_output: bool = option(True, "PredSim: the classifier's last linear weight starts at zero, as the "
-                                             "authors' output layer whenever they train with local losses")
+    # Off by default, a deviation: under a coupling that reads input gradients (SGR, backlink+sgr) a zero
+    # output layer hands down a zero, then tiny, gradient whose l2-normalised penalty explodes.
+    predsim_zero_output: bool = option(False, "PredSim: the network's last linear weight starts at zero, as the "
+                                              "authors' output layer (deviation: off by default; see the doc)")
 
     def setup(self, net) -> None:
         if self.predsim_zero_output:
