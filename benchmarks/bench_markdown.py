@@ -47,7 +47,14 @@ COLUMNS = {
     "gflop": ("GFLOP/step", lambda r: _scaled(r.get("flops_per_step"), 1e-9, ".3f")),
     "step_ms": ("step ms", lambda r: _scaled(r.get("step_seconds"), 1000, ".1f")),
     "train_s": ("train s", lambda r: _scaled(r.get("train_seconds"), 1, ".1f")),
+    "converged": ("converged", lambda r: _converged(r.get("converged"))),
 }
+
+
+def _converged(flags) -> str:
+    """Seeds that converged on validation (evaluation.converged) of those run, e.g. `3/3`."""
+    known = [f for f in flags or [] if f is not None]
+    return f"{sum(known)}/{len(known)}" if known else "-"
 DEFAULT_COLUMNS = ("method", "K", "top1", "val", "time", "cpu", "memory", "flops")
 RATIO_COLUMNS = {"time", "cpu", "memory", "flops"}
 FOOTER_PREFIX = "Generated from `"  # the line under every table this module renders starts so

@@ -10,7 +10,7 @@ Markers: an HTML comment on the line directly above a markdown table (invisible 
 Options of a results marker (each at most once; a value is a comma-separated list without spaces):
 
     columns=method,K,top1,...  the columns, from: method, K, top1, val, top5, time, cpu, memory,
-                               flops, act_mib, gflop, step_ms, train_s
+                               flops, act_mib, gflop, step_ms, train_s, converged
                                (default: method,K,top1,val,time,cpu,memory,flops)
     rows=bp,dgl,...            keep these rows, in this order; a name is a row's label
                                (`sgr:sgr-lambda=10:lr=0.1`), its method spec as given to --methods,
@@ -158,14 +158,19 @@ def render_options(options: dict) -> dict:
     return kwargs
 
 
-def generate(root: Path, source: str, options: dict) -> str:
+def load_bench(root: Path, source: str, what: str) -> dict:
+    """The results file a marker names; `what` (a table, a figure) says who needs it."""
     path = root / source
     if not path.is_file():
-        raise MarkerError(f"{source} does not exist (a measured table needs its committed results file)")
+        raise MarkerError(f"{source} does not exist ({what} needs its committed results file)")
     try:
-        bench = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise MarkerError(f"{source} is not JSON: {e}") from None
+
+
+def generate(root: Path, source: str, options: dict) -> str:
+    bench = load_bench(root, source, "a measured table")
     try:
         return render_table(bench, source, **render_options(options))
     except TableError as e:
@@ -277,13 +282,7 @@ def figure_spec(root: Path, doc: Path, figure: Figure) -> tuple[str, list[dict],
     if png.suffix != ".png" or "://" in figure.image or not png.is_relative_to(root):
         raise MarkerError(f"{figure.image}: a figure is a .png file inside the repository, its path relative "
                           "to the doc")
-    path = root / figure.source
-    if not path.is_file():
-        raise MarkerError(f"{figure.source} does not exist (a figure needs its committed results file)")
-    try:
-        bench = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise MarkerError(f"{figure.source} is not JSON: {e}") from None
+    bench = load_bench(root, figure.source, "a figure")
     kwargs = render_options({k: v for k, v in options.items() if k != "figure"})
     try:
         rows = select_rows(bench, kwargs.get("rows"), kwargs.get("modules"), kwargs["select"])

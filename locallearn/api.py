@@ -71,6 +71,11 @@ def settings_to_config(config: TrainConfig | Mapping | None, settings: dict) -> 
                                                                          else "")
                             + f" Keywords are the TrainConfig fields ({', '.join(CONFIG_FIELDS)}) and the options of "
                             "the chosen method (locallearn list; locallearn train --help)")
+    recipe = given.get("recipe", base.get("recipe"))
+    if isinstance(recipe, str):  # the recipe's settings lie beneath the config and the keywords, as under flags
+        from .recipes import apply_recipe
+
+        base = apply_recipe(recipe, {**base, **given})
     method = given.get("method", base.get("method", TrainConfig.method))
     if isinstance(method, str):
         selections, _ = split_options({**base.get("rule_options", {}), **options})

@@ -35,6 +35,7 @@ def aggregate(runs: list[dict], timing: dict | None = None) -> list[dict]:
         row["cpu_seconds"] = step.cpu if step else None
         row["timing"] = "interleaved" if step else "per run"
         row["params"], row["aux_params"] = group[0]["params"], group[0]["aux_params"]
+        row["converged"] = [r.get("converged") for r in group]  # per seed, on validation (None: no --val-split)
         rows.append(row)
     baseline = next((r for r in rows if r["method"] == "bp"), rows[0])
     for row in rows:

@@ -93,13 +93,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, bench: bool, defaults: di
     what = parser.add_argument_group("what to train")
     what.add_argument("--config", metavar="FILE", help="a JSON file of settings (e.g. the config.json of a run); "
                                                        "flags given on the command line override it")
-    # --- recipes (recipes.py)
     what.add_argument("--recipe", metavar="NAME",
                       help="a paper's whole training setup for one table cell (optimizer, lr, batch, epochs, "
                            "schedule, augmentation, model, split, head, the method's options), e.g. "
                            "auglocal-cifar10-resnet32; flags and --config settings given beside it override it, "
                            "and config.json/result.json record both (see: locallearn list recipes)")
-    # --- end recipes
     if bench:
         what.add_argument("--methods", default=QUICKSTART_GRID["methods"],
                           help=f"comma-separated methods to compare (default: {QUICKSTART_GRID['methods']}); any of: "
@@ -253,12 +251,11 @@ def config_from_args(ns: argparse.Namespace, rule_option_names: list[str], defau
     settings = dict(given)
     if getattr(ns, "config", None):
         settings = {**load_config_file(ns.config), **given}
-    # --- recipes (recipes.py): the recipe's settings lie beneath the flags and the --config file, above `defaults`
+    # recipes.py: the recipe's settings lie beneath the flags and the --config file, above `defaults`
     if settings.get("recipe"):
         from .recipes import apply_recipe
 
         settings = apply_recipe(settings["recipe"], settings)
-    # --- end recipes
     given.update(overrides)
     settings.update(overrides)
     model_given = "model" in settings
@@ -339,13 +336,12 @@ def cmd_bench(ns: argparse.Namespace, rule_option_names: list[str]) -> int:
     # equal to its default counts as not given (argparse cannot tell them apart).
     record = recorded_bench(Path(ns.out)) if ns.resume else None
     grid = record or {**QUICKSTART_GRID, "config": QUICKSTART_RUN, "timing": {"rounds": 5, "steps": 3}}
-    # --- recipes (recipes.py): a recipe replaces the quick start's settings, method and K
+    # recipes.py: a recipe replaces the quick start's settings, method and K
     if ns.recipe and not record:
         from .recipes import get_recipe
 
         recipe = get_recipe(ns.recipe).settings
         grid = {**grid, "config": {}, "modules": [recipe["modules"]] if recipe.get("modules") else grid["modules"]}
-    # --- end recipes
     base, given = config_from_args(ns, rule_option_names, defaults=grid["config"], modules=None)
     if record and ns.methods == QUICKSTART_GRID["methods"] and not ns.lr_grid:
         methods = record["methods"]
@@ -387,7 +383,6 @@ def cmd_bench_pipeline(ns: argparse.Namespace, rule_option_names: list[str]) -> 
 
 
 def cmd_list(ns: argparse.Namespace) -> int:
-    # --- recipes (recipes.py)
     from .recipes import RECIPES, describe, paper_number, recipe_names
 
     if getattr(ns, "what", None) == "recipes":
@@ -396,7 +391,6 @@ def cmd_list(ns: argparse.Namespace) -> int:
             recipe = RECIPES[name]
             print(f"  {name}\n      cell: {recipe.cell} ({paper_number(recipe)})\n      {describe(recipe)}")
         return 0
-    # --- end recipes
     from .data import dataset_choices
     from .heads import HEADS
     from .models import model_names

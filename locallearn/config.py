@@ -25,6 +25,7 @@ MAX_DIST_TIMEOUT = 10 ** 6  # seconds (11.6 days): longer is a typo, and a timed
 SEED_RANGE = (-2 ** 63, 2 ** 63)  # what torch.manual_seed takes (a 64-bit integer)
 FLOAT32_MAX = 3.4028234663852886e38  # the optimizers apply --lr and --weight-decay to float32 parameters
 
+
 def parse_kwargs(items: list[str] | None, flag: str) -> dict:
     """`key=value` pairs; values are Python literals, `3x32x32` is a shape, anything else a string."""
     result = {}
@@ -112,10 +113,9 @@ class TrainConfig:
     max_staleness: int = 2          # async: how many batches a stage may run ahead of the next one
     data_parallel: int = 1          # replicas per stage (world size = stages x data_parallel)
     dist_timeout: float = 45.0      # seconds before a silent peer is an error
-    # --- recipes (recipes.py): the paper setup a run started from, and each of its values a flag changed
+    # the paper setup (recipes.py) the run started from, and each of its values a flag changed
     recipe: str | None = None
     recipe_overrides: dict = field(default_factory=dict)  # setting -> [recipe's value, the run's value]
-    # --- end recipes
 
     def validate(self) -> None:
         for f in fields(self):  # a config file or the Python API can give any JSON value

@@ -38,7 +38,7 @@ from .balance import LayerProfile, check_profilable, plan_balanced_split, profil
 from .checkpointing import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, HEADS_NAME, MODEL_NAME, DirLock, checkpoint_path,
                             first_line, load_checkpoint, prepare_out_dir, restore_rng_state, rng_state, save_json,
                             save_text, save_torch)
-from .evaluation import evaluate, evaluation_warning
+from .evaluation import converged, evaluate, evaluation_warning
 from .config import OPTIMISATION_CHANGES, RESUMABLE_CHANGES, TrainConfig
 from .data import AUGMENT_CHOICES, load_dataset
 from .data.augment import check_crop_padding
@@ -525,6 +525,7 @@ class Trainer:
             "params": self.net.model_parameter_count(), "aux_params": self.net.aux_parameter_count(),
             "peak_activation_bytes": self.measurements.get("peak_activation_bytes"),
             "peak_memory_bytes": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None,
+            "converged": converged(self.history),  # on validation (--val-split); None without it
             "warnings": [w for w in map(self._evaluation_warning, self.history) if w],
             "resumes": self.resumes, "seed": cfg.seed, "batch_size": cfg.batch_size, "device": str(self.device),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "locallearn": __version__,

@@ -94,3 +94,20 @@ def evaluation_warning(train_top1: float, test_top1: float, epoch: int, split: s
             f"top-1 {test_top1:.1f}% this early in training: likely an evaluation problem, not overfitting (e.g. "
             f"BatchNorm running statistics that do not match the trained weights; compare eval-mode accuracy on "
             f"training batches)")
+
+
+# Issue 21's definition: a run has converged when the best held-out top-1 of its last 20 % of epochs
+# is within 0.2 points of its best over the whole run (it no longer gains, or gains almost nothing).
+CONVERGED_TAIL = 0.2
+CONVERGED_TOLERANCE = 0.2
+
+
+def converged(history: list[dict], key: str = "val_top1", tail: float = CONVERGED_TAIL,
+              tolerance: float = CONVERGED_TOLERANCE) -> bool | None:
+    """Whether the best `key` of the last `tail` of the logged epochs (at least one) is within
+    `tolerance` points of the best of all of them; None when `key` was never logged."""
+    values = [row[key] for row in history if row.get(key) is not None]
+    if not values:
+        return None
+    last = values[-max(1, math.ceil(tail * len(values))):]
+    return max(last) >= max(values) - tolerance

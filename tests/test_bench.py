@@ -73,3 +73,17 @@ def test_a_variant_sets_its_own_model_arguments_over_the_command_lines():
     runs = plan_runs(base, ["bp", "predsim:model.activation=leakyrelu:model.dropout=0.1"], [2], [0], n_layers=2)
     assert [r.cfg.model_kwargs for r in runs] == [{"depth": 2, "width": 8, "activation": "relu"},
                                                   {"depth": 2, "width": 8, "activation": "leakyrelu", "dropout": 0.1}]
+
+
+def test_chosen_settings_gives_the_next_bench_its_methods_and_names_choices_at_a_grid_edge():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from chosen_settings import chosen_specs
+
+    bench = {"rows": [{"family": "sgr:sgr-lambda=1|10|100:lr=0.1|0.2|0.4"}] * 9 + [{"family": "bp"}],
+             "chosen_on_validation": [{"family": "sgr:sgr-lambda=1|10|100:lr=0.1|0.2|0.4",
+                                       "chosen": "sgr:sgr-lambda=10:lr=0.4"}]}
+    specs, warnings = chosen_specs(bench)
+    assert specs == ["sgr:sgr-lambda=10:lr=0.4", "bp"]
+    assert warnings == ["sgr:sgr-lambda=1|10|100:lr=0.1|0.2|0.4: lr=0.4 is at the edge of its grid 0.1|0.2|0.4"]

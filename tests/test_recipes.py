@@ -235,3 +235,11 @@ def test_list_recipes_and_an_unknown_recipe(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "unknown recipe 'auglocal-cifar10'; choose one of: auglocal-cifar10-resnet110" in err
+
+
+def test_the_python_api_applies_a_recipe_under_its_keywords():
+    from locallearn.api import settings_to_config
+
+    cfg, _ = settings_to_config(None, {"recipe": "local-loss-fashion-mnist-mlp-predsim", "epochs": 3})
+    assert (cfg.method, cfg.optimizer, cfg.lr, cfg.epochs) == ("predsim", "adam", 5e-4, 3)
+    assert cfg.rule_options["predsim_beta"] == 0.99 and cfg.recipe_overrides["epochs"] == [200, 3]

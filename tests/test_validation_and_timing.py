@@ -148,3 +148,19 @@ def test_interleaved_rounds_rotate_and_a_passing_load_does_not_pick_a_winner():
             trainers[name].train_step(None, None, [0])
         sequential[name] = (clock() - start) / 12
     assert sequential["b"] / sequential["a"] == 2.0 and sequential["c"] == sequential["a"] == 1.0
+
+
+def test_converged_is_issue_21s_rule_on_validation():
+    """The best validation top-1 of the last 20 % of epochs within 0.2 points of the run's best."""
+    from locallearn.evaluation import converged
+
+    rising = [{"val_top1": v} for v in (50, 60, 70, 80, 85, 88, 89, 90, 90.5, 91)]
+    assert converged(rising) is True                          # the best is in the last 2 epochs
+    peaked = [{"val_top1": v} for v in (50, 90, 91, 90, 89, 88, 87, 86, 85, 90.85)]
+    assert converged(peaked) is True                          # 90.85 >= 91 - 0.2 in the last 2
+    assert converged(peaked[:-1] + [{"val_top1": 90.75}]) is False      # 0.25 below its best
+    assert converged(peaked[:-1] + [{"val_top1": 90.9}, {"val_top1": 89.0}]) is True  # last 3 of 11
+    late = peaked[:-2] + [{"val_top1": v} for v in (90.9, 85.0, 89.0, 88.0)]  # 12 epochs: the last 3 count
+    assert converged(late) is False
+    assert converged([{"test_top1": 90.0}]) is None                     # no validation split
+    assert converged([{"val_top1": None}, {"val_top1": 70.0}]) is True  # epochs not evaluated are skipped

@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from ..checkpointing import prepare_out_dir, save_json
+from ..checkpointing import DirLock, prepare_out_dir, save_json
 from ..config import TrainConfig
 from ..engine import Trainer
 from ..errors import UserError
@@ -63,7 +63,12 @@ def _cut(result: dict) -> str:
 def bench_pipeline(base: TrainConfig, modules: list[int], processes: int, out: Path,
                    splits: list[str] = ("even", BALANCED)) -> list[dict]:
     """One row per K and split, in that order, so the splits of one K are measured back to back."""
-    prepare_out_dir(out, ("bench-pipeline.json",), resume=False, what="a pipeline bench")
+    prepare_out_dir(out, ("bench-pipeline.json",), resume=False, what="a pipeline bench", check_busy=True)
+    with DirLock(out):  # one process per --out (the pipelined runs write into temporary folders)
+        return _measure(base, modules, processes, out, splits)
+
+
+def _measure(base: TrainConfig, modules: list[int], processes: int, out: Path, splits) -> list[dict]:
     rows = []
     for k in modules:
         for split in splits:
