@@ -36,8 +36,8 @@ case $what in
       --seeds "${SEEDS:-0,1,2}" --threads "${THREADS:-1}" --no-progress --checkpoint-every 200 \
       --methods "bp,$pred:predsim-beta=0,$pred:predsim-beta=1:model.activation=leakyrelu,$pred:model.activation=leakyrelu" ;;
   select|final)
-    # Issue 21 item 4: every method on the same MLP, one module per hidden layer (+ the output layer;
-    # the BP-free rules train the output layer with the last hidden one, output_layer=false), their
+    # Issue 21 item 4: every method on the same MLP, one module per hidden layer (the output layer in
+    # the last one, output_layer=false: AugLocal's nets copy the classifier, BP-free rules need it), their
     # training recipe (Adam, dropout, jitter, multi-step decay over EPOCHS, default 20), 10 % of the
     # training set held out for validation. Two stages, so that the grids fit: `select` runs every
     # setting of every grid (lr x the method's own) on SEEDS (default 0) and chooses per method on
@@ -48,15 +48,15 @@ case $what in
     every+=",auglocal:aux-layout=layer:aux-depth=2|3:lr=$lrs,infopro:lr=$lrs,auglocal:aux-layout=layer:coupling=backlink:lr=$lrs"
     for guess in local gaussian; do for space in weight activity; do
       every+=",fwdgrad:guess=$guess:space=$space:lr=$lrs"; done; done
-    for rule in fa dfa drtp; do every+=",$rule:model.output_layer=false:lr=$lrs"; done
-    every+=",sgr-bpfree:model.output_layer=false:sgr-lambda=1|10|100:lr=$lrs"
+    for rule in fa dfa drtp; do every+=",$rule:lr=$lrs"; done
+    every+=",sgr-bpfree:sgr-lambda=1|10|100:lr=$lrs"
     selected=${SELECT_OUT:-results/fm-mlp-every-select}
     if [ "$what" = select ]; then out=${2:-$selected}; methods=$every; seeds=${SEEDS:-0}
     else out=${2:-results/fm-mlp-every}; seeds=${SEEDS:-0,1,2}
       methods=$(.venv/bin/python benchmarks/chosen_settings.py "$selected/bench.json"); fi
     subset=(); [ -n "${TRAIN:-}" ] && subset=(--dataset-kwargs "train=$TRAIN" test=1000)  # smoke checks only
     $ll bench "${resume[@]}" --out "$out" --dataset fashion-mnist "${subset[@]}" --val-split 0.1 --model mlp \
-      --model-kwargs depth=3 width=1024 bias=true dropout=0.025 output_layer=true --split layer --head linear \
+      --model-kwargs depth=3 width=1024 bias=true dropout=0.025 --split layer --head linear \
       --optimizer adam --weight-decay 0 --batch-size 128 --epochs "${EPOCHS:-20}" \
       --sched multistep --lr-milestones "$milestones" --lr-decay 0.25 --augment crop-flip --crop-padding 2 \
       --seeds "$seeds" --threads "${THREADS:-1}" --no-progress --checkpoint-every 200 --methods "$methods" ;;

@@ -304,6 +304,10 @@ def copy_classifier(model: LayeredModel, in_shape: Sequence[int], normalise: boo
     normalise=True puts a BatchNorm1d on the features before the linear layer, as the authors'
     code does for auxiliary nets of at most one copied layer (their `aux_net_depth <= 1`)."""
     head = copy_architecture(model.classifier, model.layer_shapes[-1], in_shape, model.num_classes)
+    if not any(isinstance(m, nn.Linear) for m in head.modules()):
+        raise UserError("AugLocal's auxiliary nets end with a copy of the model's classifier, and this model's "
+                        "classifier has no linear layer (mlp output_layer=true makes it the identity): use "
+                        "output_layer=false")
     if not normalise:
         return head
     name = [n for n, m in head.named_modules() if isinstance(m, nn.Linear)][-1]
