@@ -19,7 +19,7 @@ import pkgutil
 from pathlib import Path
 
 from ..checkpointing import CHECKPOINT_NAME, RUN_FILE_RULE, run_file, save_with
-from ..config import MAX_THREADS, TrainConfig
+from ..config import MAX_THREADS, SEED_RANGE, TrainConfig
 from ..errors import UserError
 from ..registry import Registry
 
@@ -100,7 +100,7 @@ def check_threads(threads: int | None) -> None:
 
 
 def check_seed(seed: int) -> None:
-    if not -2 ** 63 <= seed < 2 ** 63:
+    if not SEED_RANGE[0] <= seed < SEED_RANGE[1]:  # the range TrainConfig.validate allows
         raise UserError(f"--seed must be a 64-bit integer, got {seed}")
 
 
